@@ -1,0 +1,56 @@
+"""moelab: trace, store and analyse Mixture-of-Experts routing.
+
+    >>> import moelab
+    >>> model, tok = moelab.load_model()                      # the embedded small Mixtral
+    >>> with moelab.trace(model) as tr:                       # hooks every router
+    ...     _ = model(**tok("The quick brown fox", return_tensors="pt"))
+    >>> tr.experts.shape                                      # (tokens, layers, k)
+    (5, 4, 2)
+    >>> moelab.metrics.balance(tr)                            # one row per layer
+
+The analysis layer (`RoutingTrace`, `load_trace`, `metrics`, `plots`,
+`compute`) imports no model code; `trace`, `load_model` and the tokenizer
+import torch and transformers on first use.
+"""
+
+from .routing_trace import RoutingTrace, TraceMismatchError
+from .store import TraceFileError, load_trace
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "trace": ("moelab.tracer", "trace"),
+    "UnsupportedModelError": ("moelab.adapters", "UnsupportedModelError"),
+    "load_model": ("moelab.models", "load_model"),
+    "load_tokenizer": ("moelab.data", "load_tokenizer"),
+    "load_corpus": ("moelab.data", "load_corpus"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    if name in ("metrics", "plots", "compute", "bench"):
+        import importlib
+
+        return importlib.import_module(f"moelab.{name}")
+    raise AttributeError(f"module 'moelab' has no attribute {name!r}")
+
+
+__all__ = [
+    "RoutingTrace",
+    "TraceMismatchError",
+    "TraceFileError",
+    "load_trace",
+    "trace",
+    "UnsupportedModelError",
+    "load_model",
+    "load_tokenizer",
+    "load_corpus",
+    "__version__",
+]

@@ -1,0 +1,100 @@
+"""load_model: the embedded default Mixtral, or any supported model by id or path.
+
+    >>> model, tok = moelab.load_model()                          # embedded, offline, bf16 on CPU
+    >>> model.config.num_local_experts, model.config.num_experts_per_tok
+    (8, 2)
+    >>> model, tok = moelab.load_model("mistralai/Mixtral-8x7B-v0.1",       # doctest: +SKIP
+    ...                                dtype=torch.float16, device_map="auto", allow_download=True)
+
+The embedded model lives in `data/models/moelab-mixtral-tiny/` (see its
+README.md, the model card); its training checkpoints are listed by
+`checkpoints()`. Nothing here reaches the network unless `allow_download=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .data import data_dir, load_tokenizer
+
+DEFAULT_MODEL = "moelab-mixtral-tiny"
+
+
+def default_model_dir() -> Path:
+    return data_dir() / "models" / DEFAULT_MODEL
+
+
+def checkpoints(name: str | os.PathLike | None = None) -> list[dict]:
+    """Training checkpoints of the embedded model: [{step, tokens_seen, ce_loss, path}], final last."""
+    root = Path(name) if name else default_model_dir()
+    info = json.loads((root / "checkpoints.json").read_text())
+    for c in info:
+        c["path"] = str((root / c["path"]).resolve())
+    return info
+
+
+def _default_dtype() -> torch.dtype:
+    return torch.bfloat16  # the fast path on CPU; pass dtype=torch.float16 on CUDA
+
+
+def load_model(name: str | os.PathLike | None = None, *, dtype: torch.dtype | str | None = None,
+               device_map=None, allow_download: bool = False, tokenizer: bool = True, **kwargs):
+    """(model, tokenizer). No name: the embedded small Mixtral, offline.
+
+    name            a local folder (config.json + safetensors) or a hub id
+    dtype           torch dtype; default bf16 (embedded) or the checkpoint's own
+    device_map      passed to transformers/accelerate ("auto", a dict, ...)
+    allow_download  hub ids are looked up in the local HF cache only unless True
+    kwargs          passed to `from_pretrained` (e.g. experts_implementation="grouped_mm")
+    """
+    from transformers import AutoModelForCausalLM
+
+    if name is None:
+        path = default_model_dir()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"embedded model not found at {path}. Set MOELAB_DATA to the repository's data/ folder, "
+                "or retrain it with `python -m moelab.train --out data/models/moelab-mixtral-tiny`."
+            )
+        name = str(path)
+        dtype = dtype or _default_dtype()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    local = Path(name).expanduser()
+    opts = dict(kwargs)
+    if dtype is not None:
+        opts["dtype"] = dtype
+    if device_map is not None:
+        opts["device_map"] = device_map
+    if not local.exists():
+        opts.setdefault("local_files_only", not allow_download)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(local) if local.exists() else str(name), **opts)
+    except OSError as e:
+        if local.exists() or allow_download:
+            raise
+        raise OSError(
+            f"{str(name)!r} is not a local folder and is not in the local Hugging Face cache; moelab does not "
+            "download weights unless asked. Point `name` at a local folder holding config.json and "
+            "*.safetensors (e.g. a `huggingface-cli download` output), or pass allow_download=True on a "
+            f"machine with hub access. ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
+    model.eval()
+    if not tokenizer:
+        return model, None
+    return model, _tokenizer_for(local if local.exists() else None, name, allow_download)
+
+
+def _tokenizer_for(local: Path | None, name, allow_download: bool):
+    """Mixtral's SentencePiece tokenizer for the embedded model and Mixtral/Mistral folders without their own."""
+    if local is not None and local.resolve() == default_model_dir().resolve():
+        return load_tokenizer()
+    if local is not None and not any((local / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
+        return load_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(local or name), local_files_only=not allow_download)

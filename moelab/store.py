@@ -1,0 +1,234 @@
+"""Trace files: RoutingTrace <-> Parquet, one row per token.
+
+    >>> import numpy as np, moelab
+    >>> t = moelab.RoutingTrace.from_arrays(np.zeros((4, 2, 2), int) + [0, 1], num_experts=8)
+    >>> t.save("/tmp/t.parquet"); moelab.load_trace("/tmp/t.parquet").experts.shape
+    (4, 2, 2)
+
+Layout (readable by pandas, Polars and DuckDB without moelab)
+--------------------------------------------------------------
+sequence, position, token_id : int64/int32 per token; step : int32
+experts  : fixed_size_list<uint8 | int16>[layers * k]   row-major (layer, rank)
+weights  : fixed_size_list<float16 | float32>[layers * k_w]
+           k_w = k - 1 when the stored weights sum to 1 per (token, layer)
+           (renormalised top-k, as Mixtral does): the last weight is 1 - sum of
+           the others and is rebuilt on load. Otherwise k_w = k, stored as used.
+logits   : fixed_size_list<float32>[layers * E]          only if recorded
+<extra>  : any per-token columns (e.g. domain)
+
+The schema metadata key `moelab` holds JSON: format version, num_experts,
+top_k, layer_ids, weights_layout, and the recording's meta (model, config,
+dtype, tokenizer, moelab version). Files are zstd-compressed.
+
+A folder is read as the union of every `*.parquet` below it (streamed parts and
+data-parallel shards). Each writer stamps a `shard` id; sequence ids of
+different shards are renumbered so they never collide.
+
+In DuckDB: `SELECT token_id, experts[1] AS first_expert_layer0 FROM 'trace.parquet'`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .routing_trace import TOKEN_FIELDS, RoutingTrace, TraceMismatchError
+
+FORMAT_VERSION = 1
+META_KEY = b"moelab"
+RENORM_ATOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-9}
+
+
+class TraceFileError(ValueError):
+    """A trace file is missing, corrupt, truncated or not a moelab trace."""
+
+
+# --------------------------------------------------------------------------- write
+def _fixed_list(arr: np.ndarray) -> pa.Array:
+    """(tokens, a, b) numpy -> fixed_size_list<dtype>[a*b], zero-copy where possible."""
+    T = arr.shape[0]
+    flat = np.ascontiguousarray(arr).reshape(T, -1)
+    width = flat.shape[1]
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
+
+
+def _weights_layout(weights: np.ndarray) -> str:
+    """'drop_last' when every (token, layer) weight row sums to 1, else 'all'."""
+    if weights.shape[-1] < 2 or weights.shape[0] == 0:
+        return "all"
+    sums = weights.astype(np.float32).sum(-1)
+    atol = RENORM_ATOL.get(weights.dtype, 1e-5) * weights.shape[-1]
+    return "drop_last" if np.all(np.abs(sums - 1.0) <= atol) else "all"
+
+
+def to_arrow_table(trace: RoutingTrace, *, shard: int | str = 0) -> pa.Table:
+    cols = {
+        "sequence": pa.array(trace.sequence.astype(np.int64)),
+        "position": pa.array(trace.position.astype(np.int32)),
+        "token_id": pa.array(trace.token_id.astype(np.int32)),
+        "step": pa.array(trace.step.astype(np.int32)),
+        "experts": _fixed_list(trace.experts),
+    }
+    layout = None
+    if trace.weights is not None:
+        layout = _weights_layout(trace.weights)
+        w = trace.weights[..., :-1] if layout == "drop_last" else trace.weights
+        cols["weights"] = _fixed_list(w)
+    if trace.logits is not None:
+        cols["logits"] = _fixed_list(trace.logits.astype(np.float32, copy=False))
+    for name, v in trace.columns.items():
+        if name in cols:
+            raise TraceMismatchError(f"extra column {name!r} clashes with a built-in trace column")
+        cols[name] = pa.array(v)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "num_experts": trace.num_experts,
+        "num_layers": trace.num_layers,
+        "top_k": trace.top_k,
+        "layer_ids": [int(i) for i in trace.layer_ids],
+        "weights_layout": layout,
+        "weights_dtype": None if trace.weights is None else str(trace.weights.dtype),
+        "shard": shard,
+        "meta": trace.meta,
+    }
+    table = pa.table(cols)
+    return table.replace_schema_metadata({META_KEY: json.dumps(meta, default=str).encode()})
+
+
+def write_trace(trace: RoutingTrace, path, *, shard: int | str = 0) -> None:
+    """Write `trace` to one Parquet file at `path`, atomically (tmp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(to_arrow_table(trace, shard=shard), tmp, compression="zstd", compression_level=9)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- read
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if not files:
+            raise TraceFileError(
+                f"{path}: folder holds no *.parquet trace files. Pass a trace file or a folder written by "
+                "moelab.trace(model, path=...) / `moelab trace --out`."
+            )
+        return files
+    if not path.exists():
+        raise TraceFileError(f"{path}: no such trace file or folder")
+    return [path]
+
+
+def _read_meta(path: Path, schema: pa.Schema) -> dict:
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise TraceFileError(
+            f"{path}: a Parquet file but not a moelab trace (no 'moelab' schema metadata). "
+            "Write traces with RoutingTrace.save or moelab.trace(model, path=...)."
+        )
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise TraceFileError(f"{path}: moelab metadata is not valid JSON ({e})") from None
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise TraceFileError(
+            f"{path}: written by a newer moelab (format {meta['format_version']} > {FORMAT_VERSION}); upgrade moelab"
+        )
+    return meta
+
+
+def _read_table(path: Path, columns=None) -> tuple[pa.Table, dict]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        size = path.stat().st_size if path.exists() else 0
+        raise TraceFileError(
+            f"{path}: not a readable Parquet trace ({size} bytes): {e}. The file is corrupt or truncated "
+            "(a run killed while writing leaves only its last, unflushed part unreadable; "
+            "delete this file and load the folder again)."
+        ) from None
+    meta = _read_meta(path, pf.schema_arrow)
+    if columns is not None:
+        columns = [c for c in pf.schema_arrow.names if c in columns]
+    try:
+        table = pf.read(columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise TraceFileError(f"{path}: trace data is corrupt: {e}") from None
+    return table, meta
+
+
+def _unflatten(col: pa.ChunkedArray | pa.Array, T: int, a: int, b: int, path: Path, name: str) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    if values.size != T * a * b:
+        raise TraceFileError(f"{path}: column {name!r} holds {values.size} values, expected {T}x{a}x{b}")
+    return values.reshape(T, a, b)
+
+
+def _table_to_trace(table: pa.Table, meta: dict, path: Path) -> RoutingTrace:
+    missing = [c for c in (*TOKEN_FIELDS, "experts") if c not in table.column_names]
+    if missing:
+        raise TraceFileError(f"{path}: trace is missing columns {missing}")
+    T, L, k, E = table.num_rows, meta["num_layers"], meta["top_k"], meta["num_experts"]
+    experts = _unflatten(table["experts"], T, L, k, path, "experts")
+    weights = None
+    if "weights" in table.column_names:
+        kw = k - 1 if meta.get("weights_layout") == "drop_last" else k
+        w = _unflatten(table["weights"], T, L, kw, path, "weights")
+        if kw < k:
+            last = (1.0 - w.astype(np.float32).sum(-1, keepdims=True)).astype(w.dtype)
+            w = np.concatenate([w, last], axis=-1)
+        weights = w
+    logits = _unflatten(table["logits"], T, L, E, path, "logits") if "logits" in table.column_names else None
+    builtin = {*TOKEN_FIELDS, "experts", "weights", "logits"}
+    columns = {c: table[c].to_numpy() for c in table.column_names if c not in builtin}
+    return RoutingTrace(
+        experts=experts,
+        weights=weights,
+        num_experts=E,
+        sequence=table["sequence"].to_numpy().astype(np.int64),
+        position=table["position"].to_numpy().astype(np.int64),
+        token_id=table["token_id"].to_numpy().astype(np.int64),
+        step=table["step"].to_numpy().astype(np.int32),
+        logits=logits,
+        layer_ids=np.asarray(meta["layer_ids"]),
+        meta=meta.get("meta", {}),
+        columns=columns,
+    )
+
+
+def load_trace(path, *, columns: list[str] | None = None) -> RoutingTrace:
+    """Read a trace file, or the union of every trace file in a folder.
+
+        >>> tr = moelab.load_trace("runs/wiki")          # doctest: +SKIP
+        >>> tr.experts.shape                             # (tokens, layers, k)
+
+    `columns` limits what is read (e.g. `["experts"]` skips weights and logits);
+    token metadata and experts are always read.
+    """
+    path = Path(path)
+    files = _files(path)
+    if columns is not None:
+        columns = list(dict.fromkeys([*TOKEN_FIELDS, "experts", *columns]))
+    parts, shards = [], []
+    for f in files:
+        table, meta = _read_table(f, columns=columns)
+        parts.append(_table_to_trace(table, meta, f))
+        shards.append(str(meta.get("shard", 0)))
+    if len(parts) == 1:
+        return parts[0]
+    # Streamed parts of one shard share sequence ids; different shards get disjoint ones.
+    by_shard: dict[str, list[RoutingTrace]] = {}
+    for s, t in zip(shards, parts):
+        by_shard.setdefault(s, []).append(t)
+    try:
+        per_shard = [RoutingTrace.concat(ts) for ts in by_shard.values()]
+        return RoutingTrace.concat(per_shard, renumber_sequences=len(per_shard) > 1)
+    except TraceMismatchError as e:
+        raise TraceMismatchError(f"{path}: files in this folder are traces of different models/settings: {e}") from None

@@ -1,0 +1,391 @@
+"""moelab.trace: record every router's choices while a model runs.
+
+    >>> with moelab.trace(model) as tr:                      # doctest: +SKIP
+    ...     model.generate(**tok(["a", "bb"], return_tensors="pt", padding=True), max_new_tokens=4)
+    >>> tr.experts.shape                                     # (tokens, layers, k), filled on exit
+    >>> tr.to_pandas()[["sequence", "position", "step", "layer", "expert", "weight"]]
+
+How it works (and what it never does)
+-------------------------------------
+* One forward hook per router (`layers.{i}.router`), reading the triple
+  (logits, weights, indices) the router returns, plus a pre- and a post-hook on
+  the decoder stack to see `input_ids` / `attention_mask` and to close the
+  forward. Hooks live inside the context manager and are removed in `finally`
+  on every exit path. No forward is patched, no module swapped, no setting
+  (attention or experts implementation, dtype, config) touched: with or without
+  tracing the model computes bitwise the same logits.
+* No host synchronisation per layer: each router's outputs stay on their
+  device; at the end of a forward they are stacked, cast to compact dtypes
+  (ids uint8/int16, weights fp16 — fp32 when `logits=True`), packed with the
+  token metadata into one byte buffer and copied to the host once.
+* Padding: positions whose attention mask is 0 (left or right padding) are
+  dropped on the host, so no statistic counts them. `position` counts real
+  tokens only (0 = the first unpadded token).
+* `generate` (KV cache on): a forward that starts from an empty cache opens new
+  sequences (step 0 = prefill); a forward that extends a cache of the same batch
+  is the next decode step of those sequences. Each token the model reads is
+  recorded once. Beam search records one row per beam (reordering is not
+  followed).
+* `path=`: records are streamed to a folder of Parquet parts, one part each
+  `flush_tokens` tokens, so memory stays bounded and a killed process leaves
+  every flushed part readable (a single Parquet file is unreadable until its
+  footer is written, hence parts).
+
+References: the hook discipline follows ROME's `nethook.TraceDict` and
+TransformerLens; router semantics follow transformers' `MixtralTopKRouter`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .adapters import adapter_for, find_routers, model_config
+from .routing_trace import RoutingTrace, expert_dtype
+from .store import write_trace
+
+_ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+class TracingError(RuntimeError):
+    """Tracing cannot proceed (nested tracing, a forward the tracer cannot follow)."""
+
+
+def trace(
+    model: nn.Module,
+    *,
+    path=None,
+    logits: bool = False,
+    flush_tokens: int = 65536,
+    retain: bool | None = None,
+    meta: dict | None = None,
+) -> "Tracer":
+    """Context manager that records routing; yields a `RoutingTrace` filled on exit.
+
+        >>> with moelab.trace(model) as tr:                  # doctest: +SKIP
+        ...     model(**tok("Hello world", return_tensors="pt"))
+        >>> tr.experts.shape                                 # (tokens, layers, k)
+        (3, 4, 2)
+
+    path          folder to stream Parquet parts into (bounded memory); None keeps all in RAM
+    logits        also record full router logits (float32, (tokens, layers, E)); weights then stay fp32
+    flush_tokens  with `path`: tokens buffered before a part file is written
+    retain        fill the yielded trace on exit (default: True; with `path` it is read back from disk)
+    meta          extra metadata stored in the trace (e.g. {"corpus": "heldout"})
+
+    Use `tracer.tag(domain=[...])` (the object `trace()` returns) to attach
+    per-sequence columns to the sequences of the next forward.
+    """
+    return Tracer(model, path=path, logits=logits, flush_tokens=flush_tokens, retain=retain, meta=meta)
+
+
+class Tracer:
+    def __init__(self, model, *, path=None, logits=False, flush_tokens=65536, retain=None, meta=None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"moelab.trace expects a torch nn.Module (a transformers model); got {type(model).__name__}")
+        self.model = model
+        self.adapter = adapter_for(model)               # raises UnsupportedModelError with the supported list
+        self.routers = find_routers(model)
+        self.config = model_config(model)
+        self.num_experts = self.adapter.num_experts(self.config)
+        self.top_k = self.adapter.top_k(self.config)
+        self.logits = bool(logits)
+        self.path = None if path is None else Path(path)
+        if self.path is not None and self.path.suffix == ".parquet":
+            raise ValueError(
+                f"path={str(path)!r}: streaming writes a folder of Parquet parts (one per flush), not one file. "
+                "Pass a folder name, e.g. path='runs/mytrace'; or trace in memory and call tr.save('x.parquet')."
+            )
+        if flush_tokens < 1:
+            raise ValueError(f"flush_tokens must be >= 1; got {flush_tokens}")
+        self.flush_tokens = int(flush_tokens)
+        self.retain = True if retain is None else bool(retain)
+        self.user_meta = dict(meta or {})
+        self.stack = _decoder_stack(model)
+        self._forward_sig = inspect.signature(type(self.stack).forward)
+        self._slot = {id(r.module): i for i, r in enumerate(self.routers)}
+        self._handles: list = []
+        self._chunks: list[dict[str, np.ndarray]] = []   # host records not yet flushed / concatenated
+        self._buffered = 0
+        self._parts = 0
+        self._tags: dict[str, Any] = {}
+        self._seq_columns: dict[str, dict[int, Any]] = {}
+        self._next_seq = 0
+        self._group: dict | None = None                  # current generate group: seq ids, step, batch
+        self._fwd: dict | None = None                    # state of the forward in flight
+        self.trace: RoutingTrace | None = None
+        self.forwards = 0
+
+    # ------------------------------------------------------------------ API
+    def tag(self, **columns) -> None:
+        """Per-sequence columns for the sequences opened by the next forward(s).
+
+        Each value is a scalar (same for every row) or a sequence with one entry
+        per batch row. They become per-token columns of the trace.
+        """
+        self._tags = dict(columns)
+
+    # ------------------------------------------------------- context manager
+    def __enter__(self) -> RoutingTrace:
+        if self.model in _ACTIVE:
+            raise TracingError(
+                f"{type(self.model).__name__} is already being traced; nested moelab.trace on one model is not "
+                "supported. Use the outer trace, or finish it before starting another."
+            )
+        _ACTIVE.add(self.model)
+        try:
+            for r in self.routers:
+                self._handles.append(r.module.register_forward_hook(self._router_hook))
+            self._handles.append(self.stack.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            self._handles.append(self.stack.register_forward_hook(self._post_hook))
+        except BaseException:
+            self._remove_hooks()
+            raise
+        self.trace = RoutingTrace.from_arrays(
+            np.zeros((0, len(self.routers), self.top_k), np.uint8),
+            num_experts=self.num_experts,
+            layer_ids=[r.layer for r in self.routers],
+            meta=self._meta(),
+        )
+        return self.trace
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._remove_hooks()
+        finally:
+            self._fwd = None
+            try:
+                self._finish()
+            finally:
+                _ACTIVE.discard(self.model)
+        return False
+
+    def _remove_hooks(self):
+        while self._handles:
+            self._handles.pop().remove()
+
+    # ----------------------------------------------------------------- hooks
+    def _pre_hook(self, module, args, kwargs):
+        bound = self._forward_sig.bind_partial(module, *args, **kwargs).arguments
+        extra = bound.get("kwargs", {}) if isinstance(bound.get("kwargs"), dict) else {}
+        get = lambda name: bound.get(name, extra.get(name))  # noqa: E731
+        ids, embeds, mask = get("input_ids"), get("inputs_embeds"), get("attention_mask")
+        ref = ids if ids is not None else embeds
+        if ref is None:
+            self._fwd = None
+            return None
+        B, S = ref.shape[0], ref.shape[1]
+        if mask is not None and mask.dim() != 2:
+            mask = None  # a 4D custom mask: positions are then counted without padding information
+        if mask is not None:
+            past = mask.shape[1] - S
+        else:
+            cache = get("past_key_values")
+            past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+            if past == 0 and get("cache_position") is not None:
+                past = int(get("cache_position")[0])
+        self._fwd = {"B": B, "S": S, "past": past, "ids": ids, "mask": mask, "layers": [None] * len(self.routers)}
+        return None
+
+    def _router_hook(self, module, inputs, output):
+        fwd = self._fwd
+        if fwd is None:
+            return None
+        logits, weights, index = output[0], output[1], output[2]
+        fwd["layers"][self._slot[id(module)]] = (index, weights, logits if self.logits else None)
+        return None
+
+    def _post_hook(self, module, args, output):
+        fwd, self._fwd = self._fwd, None
+        if fwd is None:
+            return None
+        if any(x is None for x in fwd["layers"]):
+            missing = [self.routers[i].name for i, x in enumerate(fwd["layers"]) if x is None]
+            raise TracingError(f"forward ran without routers {missing}; moelab cannot align this forward's records")
+        self._collect(fwd)
+        return None
+
+    # ------------------------------------------------------------ gathering
+    @torch.no_grad()
+    def _collect(self, fwd):
+        B, S, past = fwd["B"], fwd["S"], fwd["past"]
+        layers = fwd["layers"]
+        dev = layers[0][0].device
+        # (layers, tokens, k) on the device; no host sync until the single copy below
+        index = torch.stack([x[0].to(dev, non_blocking=True) for x in layers])
+        weights = torch.stack([x[1].to(dev, non_blocking=True) for x in layers])
+        if index.shape[1] != B * S:
+            raise TracingError(f"router saw {index.shape[1]} tokens but the forward has batch {B} x length {S}")
+        e_dtype = torch.uint8 if self.num_experts <= 256 else torch.int16
+        w_dtype = torch.float32 if self.logits else torch.float16
+        parts = {"experts": index.to(e_dtype), "weights": weights.to(w_dtype)}
+        if self.logits:
+            parts["logits"] = torch.stack([x[2].to(dev, non_blocking=True) for x in layers]).float()
+        mask = fwd["mask"]
+        if mask is not None:
+            mask = mask.to(dev)
+            parts["position"] = (mask.long().cumsum(-1)[:, -S:] - 1).to(torch.int32)  # (B, S)
+            parts["valid"] = mask[:, -S:].to(torch.uint8)
+        if fwd["ids"] is not None:
+            parts["token_id"] = fwd["ids"].to(dev).to(torch.int32)
+        host = _to_host(parts)
+
+        # Python-side bookkeeping: which sequences and generate step these rows are
+        grp = self._group
+        if past == 0 or grp is None or grp["B"] != B:
+            seq = np.arange(self._next_seq, self._next_seq + B)
+            self._next_seq += B
+            grp = self._group = {"B": B, "seq": seq, "step": 0}
+            self._apply_tags(seq)
+        else:
+            grp["step"] += 1
+        T = B * S
+        valid = host["valid"].reshape(T).astype(bool) if "valid" in host else np.ones(T, bool)
+        if "position" in host:
+            position = host["position"].reshape(T).astype(np.int64)
+        else:
+            position = np.tile(np.arange(past, past + S), B)
+        rec = {
+            "experts": host["experts"].reshape(len(layers), T, -1).transpose(1, 0, 2)[valid],
+            "weights": host["weights"].reshape(len(layers), T, -1).transpose(1, 0, 2)[valid],
+            "sequence": np.repeat(grp["seq"], S)[valid],
+            "position": position[valid],
+            "token_id": (host["token_id"].reshape(T).astype(np.int64) if "token_id" in host else np.full(T, -1))[valid],
+            "step": np.full(int(valid.sum()), grp["step"], np.int32),
+        }
+        if self.logits:
+            rec["logits"] = host["logits"].reshape(len(layers), T, -1).transpose(1, 0, 2)[valid]
+        self._chunks.append(rec)
+        self._buffered += len(rec["sequence"])
+        self.forwards += 1
+        if self.path is not None and self._buffered >= self.flush_tokens:
+            self._flush()
+
+    def _apply_tags(self, seq: np.ndarray):
+        for name, value in self._tags.items():
+            vals = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * len(seq)
+            if len(vals) != len(seq):
+                raise ValueError(f"tag {name!r} has {len(vals)} values but the batch has {len(seq)} rows")
+            self._seq_columns.setdefault(name, {}).update(zip(seq.tolist(), vals))
+
+    # ---------------------------------------------------------- assembling
+    def _records_to_trace(self, chunks) -> RoutingTrace:
+        L, k = len(self.routers), self.top_k
+        if chunks:
+            cat = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+        else:
+            cat = {
+                "experts": np.zeros((0, L, k), expert_dtype(self.num_experts)),
+                "weights": np.zeros((0, L, k), np.float32 if self.logits else np.float16),
+                "sequence": np.zeros(0, np.int64), "position": np.zeros(0, np.int64),
+                "token_id": np.zeros(0, np.int64), "step": np.zeros(0, np.int32),
+            }
+            if self.logits:
+                cat["logits"] = np.zeros((0, L, self.num_experts), np.float32)
+        columns = {}
+        for name, by_seq in self._seq_columns.items():
+            columns[name] = np.array([by_seq.get(s) for s in cat["sequence"].tolist()])
+        return RoutingTrace(
+            experts=cat["experts"], weights=cat["weights"], num_experts=self.num_experts,
+            sequence=cat["sequence"], position=cat["position"], token_id=cat["token_id"], step=cat["step"],
+            logits=cat.get("logits"), layer_ids=np.array([r.layer for r in self.routers]),
+            meta=self._meta(), columns=columns,
+        )
+
+    def _flush(self):
+        if not self._chunks:
+            return
+        t = self._records_to_trace(self._chunks)
+        self._chunks, self._buffered = [], 0
+        write_trace(t, self.path / f"part-{self._parts:05d}.parquet", shard=self._shard_id())
+        self._parts += 1
+
+    def _finish(self):
+        if self.path is not None:
+            self._flush()
+            if self.retain and self._parts:
+                from .store import load_trace
+
+                _fill(self.trace, load_trace(self.path))
+            return
+        if self.retain:
+            _fill(self.trace, self._records_to_trace(self._chunks))
+        self._chunks = []
+
+    def _shard_id(self) -> str:
+        import os
+
+        return str(os.environ.get("RANK", self.user_meta.get("shard", 0)))
+
+    def _meta(self) -> dict:
+        cfg = self.config
+        import transformers
+
+        meta = {
+            "model": getattr(cfg, "_name_or_path", "") or type(self.model).__name__,
+            "architecture": self.adapter.name,
+            "model_class": type(self.model).__name__,
+            "config": _jsonable_config(cfg),
+            "num_experts": self.num_experts,
+            "top_k": self.top_k,
+            "renormalised": self.adapter.is_renormalised(cfg),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "weights_recorded_as": "float32" if self.logits else "float16",
+            "experts_implementation": getattr(cfg, "_experts_implementation", None),
+            "moelab_version": __version__,
+            "transformers_version": transformers.__version__,
+            "torch_version": torch.__version__,
+        }
+        meta.update(self.user_meta)
+        return meta
+
+
+def _fill(target: RoutingTrace, source: RoutingTrace) -> None:
+    """Copy `source`'s fields into the trace object the user already holds."""
+    for name in ("experts", "weights", "num_experts", "sequence", "position", "token_id", "step",
+                 "logits", "layer_ids", "meta", "columns"):
+        setattr(target, name, getattr(source, name))
+
+
+def _decoder_stack(model: nn.Module) -> nn.Module:
+    """The module that receives input_ids / attention_mask and owns `layers` (MixtralModel, ...)."""
+    base = getattr(model, "base_model", None)
+    if isinstance(base, nn.Module) and hasattr(base, "layers"):
+        return base
+    for m in model.modules():
+        if hasattr(m, "layers") and hasattr(m, "embed_tokens"):
+            return m
+    return model
+
+
+def _to_host(parts: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """One device-to-host copy for all tensors: pack as bytes, copy, unpack as numpy views."""
+    flat, layout, offset = [], {}, 0
+    for name, t in parts.items():
+        t = t.contiguous()
+        b = t.view(torch.uint8).reshape(-1) if t.dtype != torch.uint8 else t.reshape(-1)
+        flat.append(b)
+        layout[name] = (offset, b.numel(), t.dtype, tuple(t.shape))
+        offset += b.numel()
+    buf = torch.cat(flat).cpu().numpy() if len(flat) > 1 else flat[0].cpu().numpy()
+    out = {}
+    for name, (off, n, dtype, shape) in layout.items():
+        out[name] = buf[off: off + n].view(torch.empty(0, dtype=dtype).numpy().dtype).reshape(shape)
+    return out
+
+
+def _jsonable_config(cfg) -> dict:
+    try:
+        d = cfg.to_dict()
+    except Exception:  # pragma: no cover - exotic configs
+        return {}
+    import json
+
+    return json.loads(json.dumps(d, default=str))
