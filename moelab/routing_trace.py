@@ -216,7 +216,7 @@ class RoutingTrace:
     # ------------------------------------------------------------- selection
     def select(self, tokens) -> "RoutingTrace":
         """A new trace of a subset of tokens (boolean mask or index array)."""
-        idx = np.asarray(tokens)
+        idx = tokens if isinstance(tokens, slice) else np.asarray(tokens)
 
         def take(a):
             return None if a is None else a[idx]

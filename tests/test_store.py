@@ -1,0 +1,134 @@
+"""Trace files: lossless round trips, compact on disk, readable without moelab, clear errors."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import moelab
+from moelab import RoutingTrace, TraceFileError, TraceMismatchError
+
+
+def synthetic(T=4000, L=4, E=8, k=2, seed=0, renormalise=True, logits=False):
+    rng = np.random.default_rng(seed)
+    lg = rng.normal(size=(T, L, E)).astype(np.float32)
+    ex = np.argsort(-lg, -1)[..., :k]
+    p = np.exp(lg) / np.exp(lg).sum(-1, keepdims=True)
+    w = np.take_along_axis(p, ex, -1)
+    if renormalise:
+        w = w / w.sum(-1, keepdims=True)
+    return RoutingTrace.from_arrays(ex, w.astype(np.float16), num_experts=E, sequence=np.arange(T) // 100,
+                                    token_id=rng.integers(0, 32000, T), logits=lg if logits else None,
+                                    meta={"model": "synthetic"})
+
+
+def test_round_trip_keeps_every_array(tmp_path):
+    t = synthetic(logits=True).with_columns(domain=np.array(["code", "math"] * 2000))
+    t.save(tmp_path / "t.parquet")
+    u = moelab.load_trace(tmp_path / "t.parquet")
+    for name in ("experts", "sequence", "position", "token_id", "step", "logits", "layer_ids"):
+        np.testing.assert_array_equal(getattr(u, name), getattr(t, name))
+    assert u.columns["domain"].tolist() == t.columns["domain"].tolist()
+    assert u.meta["model"] == "synthetic" and u.num_experts == 8
+
+
+def test_renormalised_weights_store_k_minus_1_and_rebuild_the_last(tmp_path):
+    t = synthetic()
+    t.save(tmp_path / "t.parquet")
+    schema_meta = pq.read_schema(tmp_path / "t.parquet").metadata[b"moelab"]
+    assert b'"drop_last"' in schema_meta
+    u = moelab.load_trace(tmp_path / "t.parquet")
+    np.testing.assert_array_equal(u.weights[..., 0], t.weights[..., 0])
+    np.testing.assert_allclose(u.weights[..., 1].astype(np.float32), t.weights[..., 1].astype(np.float32), atol=1e-3)
+
+
+def test_weights_that_do_not_sum_to_one_are_stored_exactly(tmp_path):
+    t = synthetic(renormalise=False)
+    t.save(tmp_path / "t.parquet")
+    u = moelab.load_trace(tmp_path / "t.parquet")
+    np.testing.assert_array_equal(u.weights, t.weights)
+
+
+def test_top2_of_8_costs_at_most_4_bytes_per_token_layer(tmp_path):
+    t = synthetic(T=50_000, L=8)
+    t.save(tmp_path / "t.parquet")
+    per = os.path.getsize(tmp_path / "t.parquet") / (t.num_tokens * t.num_layers)
+    assert per <= 4.0, per
+
+
+def test_pandas_duckdb_and_polars_read_the_file_without_moelab(tmp_path):
+    t = synthetic(T=300)
+    t.save(tmp_path / "t.parquet")
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    df = pd.read_parquet(tmp_path / "t.parquet")
+    assert len(df) == 300 and list(df.columns[:5]) == ["sequence", "position", "token_id", "step", "experts"]
+    first = duckdb.sql(f"SELECT experts[1] AS e FROM '{tmp_path / 't.parquet'}'").fetchnumpy()["e"]
+    np.testing.assert_array_equal(first, t.experts[:, 0, 0])
+    assert pl.read_parquet(tmp_path / "t.parquet").height == 300
+
+
+def test_truncated_file_error_names_the_file_and_the_problem(tmp_path):
+    synthetic().save(tmp_path / "t.parquet")
+    data = (tmp_path / "t.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TraceFileError, match=r"cut\.parquet.*(truncated|corrupt)"):
+        moelab.load_trace(tmp_path / "cut.parquet")
+
+
+def test_corrupt_bytes_and_foreign_parquet_are_clear_errors(tmp_path):
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all" * 10)
+    with pytest.raises(TraceFileError, match="junk.parquet"):
+        moelab.load_trace(tmp_path / "junk.parquet")
+    import pandas as pd
+
+    pd.DataFrame({"a": [1, 2]}).to_parquet(tmp_path / "foreign.parquet")
+    with pytest.raises(TraceFileError, match="not a moelab trace"):
+        moelab.load_trace(tmp_path / "foreign.parquet")
+    with pytest.raises(TraceFileError, match="no such"):
+        moelab.load_trace(tmp_path / "missing.parquet")
+    with pytest.raises(TraceFileError, match="no \\*.parquet"):
+        (tmp_path / "empty").mkdir()
+        moelab.load_trace(tmp_path / "empty")
+
+
+def test_folder_of_shards_is_the_union_with_disjoint_sequences(tmp_path):
+    from moelab.store import write_trace
+
+    a, b = synthetic(T=500, seed=1), synthetic(T=300, seed=2)
+    write_trace(a, tmp_path / "rank0" / "part-00000.parquet", shard=0)
+    write_trace(b, tmp_path / "rank1" / "part-00000.parquet", shard=1)
+    u = moelab.load_trace(tmp_path)
+    assert u.num_tokens == 800
+    assert len(np.unique(u.sequence)) == len(np.unique(a.sequence)) + len(np.unique(b.sequence))
+
+
+def test_folder_mixing_different_models_is_a_mismatch_error(tmp_path):
+    synthetic(L=4).save(tmp_path / "a.parquet")
+    synthetic(L=3).save(tmp_path / "b.parquet")
+    with pytest.raises(TraceMismatchError, match="different"):
+        moelab.load_trace(tmp_path)
+
+
+def test_a_killed_streaming_run_leaves_every_flushed_part_readable(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, sys, torch
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from conftest import tiny_mixtral
+        import moelab
+        model = tiny_mixtral()
+        with moelab.trace(model, path={str(tmp_path / 'run')!r}, flush_tokens=10):
+            for i in range(5):
+                model(torch.randint(3, 100, (1, 10)))
+            os._exit(9)   # killed: no __exit__, no flush of what is still buffered
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr
+    t = moelab.load_trace(tmp_path / "run")
+    assert t.num_tokens == 50 and sorted(set(t.sequence.tolist())) == [0, 1, 2, 3, 4]

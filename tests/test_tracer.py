@@ -1,0 +1,222 @@
+"""moelab.trace: records every router's choices, changes nothing, cleans up always."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import BUILDERS, VOCAB, hook_state, tiny_dense, tiny_mixtral
+
+import moelab
+from moelab.tracer import TracingError
+
+
+def run(model, *args, **kw):
+    with torch.no_grad():
+        return model(*args, **kw)
+
+
+# ------------------------------------------------------------------ never changes the model
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("impl", ["eager", "grouped_mm", "batched_mm"])
+def test_logits_bitwise_equal_with_and_without_tracing(dtype, impl, ids):
+    model = tiny_mixtral().to(dtype)
+    model.set_experts_implementation(impl)
+    plain = run(model, ids).logits
+    with moelab.trace(model, logits=True):
+        traced = run(model, ids).logits
+    assert torch.equal(plain, traced)
+    assert model.config._experts_implementation == impl and model.dtype == dtype
+
+
+def test_tracing_leaves_no_hook_behind(mixtral, ids):
+    before = hook_state(mixtral)
+    with moelab.trace(mixtral):
+        assert hook_state(mixtral) != before
+        run(mixtral, ids)
+    assert hook_state(mixtral) == before
+
+
+def test_exception_inside_block_removes_hooks_and_keeps_records(mixtral, ids):
+    before = hook_state(mixtral)
+    with pytest.raises(KeyboardInterrupt):
+        with moelab.trace(mixtral) as tr:
+            run(mixtral, ids)
+            raise KeyboardInterrupt
+    assert hook_state(mixtral) == before
+    assert tr.num_tokens == ids.numel()
+
+
+def test_nested_tracing_of_one_model_is_an_error(mixtral):
+    with moelab.trace(mixtral):
+        with pytest.raises(TracingError, match="already being traced"):
+            with moelab.trace(mixtral):
+                pass
+    with moelab.trace(mixtral):  # and the model is traceable again afterwards
+        pass
+
+
+def test_dense_model_error_names_supported_architectures():
+    with pytest.raises(moelab.UnsupportedModelError, match="mixtral.*qwen2_moe.*olmoe.*phimoe"):
+        moelab.trace(tiny_dense())
+
+
+# ------------------------------------------------------------------ parity with transformers
+def _router_triples(model, *args):
+    """The routers' own returned (logits, weights, index), captured by an independent hook."""
+    got = []
+    hs = [m.register_forward_hook(lambda mod, i, o: got.append(o)) for m in model.modules()
+          if type(m).__name__.endswith("TopKRouter")]
+    try:
+        run(model, *args)
+    finally:
+        for h in hs:
+            h.remove()
+    return got
+
+
+@pytest.mark.parametrize("arch", sorted(BUILDERS))
+def test_recorded_choices_equal_the_routers_returned_triple(arch):
+    model = BUILDERS[arch]()
+    ids = torch.randint(3, VOCAB, (2, 6))
+    triples = _router_triples(model, ids)
+    with moelab.trace(model, logits=True) as tr:
+        run(model, ids)
+    assert tr.num_layers == len(triples) and tr.meta["architecture"] == arch
+    for layer, (logits, weights, index) in enumerate(triples):
+        np.testing.assert_array_equal(tr.experts[:, layer], index.numpy())
+        np.testing.assert_array_equal(tr.weights[:, layer], weights.float().numpy())   # fp32: exact
+        np.testing.assert_array_equal(tr.logits[:, layer], logits.float().numpy())
+
+
+def test_default_weights_are_fp16_rounding_of_what_the_model_used(mixtral, ids):
+    triples = _router_triples(mixtral, ids)
+    with moelab.trace(mixtral) as tr:
+        run(mixtral, ids)
+    assert tr.weights.dtype == np.float16 and tr.experts.dtype == np.uint8
+    for layer, (_, weights, _) in enumerate(triples):
+        np.testing.assert_array_equal(tr.weights[:, layer], weights.half().numpy())
+
+
+def test_choices_equal_topk_of_output_router_logits_with_renormalisation(mixtral, ids):
+    out = run(mixtral, ids, output_router_logits=True)
+    with moelab.trace(mixtral) as tr:
+        run(mixtral, ids)
+    for layer, logits in enumerate(out.router_logits):
+        probs = torch.softmax(logits.float(), -1)
+        w, idx = torch.topk(probs, 2, dim=-1)
+        w = w / w.sum(-1, keepdim=True)
+        np.testing.assert_array_equal(tr.experts[:, layer], idx.numpy())
+        np.testing.assert_allclose(tr.weights[:, layer].astype(np.float32), w.numpy(), atol=5e-4)
+
+
+# ------------------------------------------------------------------ token bookkeeping
+def test_padded_positions_are_not_recorded(mixtral):
+    ids = torch.randint(3, VOCAB, (2, 6))
+    left = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    right = left.flip(-1)
+    for mask in (left, right):
+        with moelab.trace(mixtral) as tr:
+            run(mixtral, ids, attention_mask=mask)
+        assert tr.num_tokens == int(mask.sum())
+        np.testing.assert_array_equal(tr.token_id, ids[mask.bool()].numpy())
+        assert tr.position.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5]
+        assert tr.sequence.tolist() == [0] * 4 + [1] * 6
+
+
+def test_generate_with_left_padding_records_each_read_token_once(mixtral):
+    torch.manual_seed(3)
+    prompts = [torch.randint(3, VOCAB, (n,)) for n in (3, 5)]
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    mask = torch.zeros(2, 5, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, 5 - len(p):], mask[i, 5 - len(p):] = p, 1
+    new = 4
+    with torch.no_grad(), moelab.trace(mixtral) as tr:
+        out = mixtral.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                               pad_token_id=0, eos_token_id=None)
+    df = tr.token_frame()
+    for s, p in enumerate(prompts):
+        rows = df[df.sequence == s].sort_values("position")
+        generated = out[s, 5:].tolist()
+        # the prompt at prefill, then every generated token but the last one, each exactly once
+        assert rows.token_id.tolist() == p.tolist() + generated[:-1]
+        assert rows.position.tolist() == list(range(len(p) + new - 1))
+        assert rows.step.tolist() == [0] * len(p) + list(range(1, new))
+    # and the records agree with a plain forward over the full unpadded sequence
+    for s, p in enumerate(prompts):
+        full = torch.cat([p, out[s, 5:-1]])[None]
+        with moelab.trace(mixtral) as ref:
+            run(mixtral, full)
+        np.testing.assert_array_equal(tr.select(tr.sequence == s).experts, ref.experts)
+
+
+def test_separate_forward_calls_open_new_sequences(mixtral, ids):
+    with moelab.trace(mixtral) as tr:
+        run(mixtral, ids)
+        run(mixtral, ids[:1])
+    assert sorted(set(tr.sequence.tolist())) == [0, 1, 2]
+    np.testing.assert_array_equal(tr.select(tr.sequence == 2).experts, tr.select(tr.sequence == 0).experts)
+
+
+def test_inputs_embeds_are_traced_with_unknown_token_ids(mixtral, ids):
+    emb = mixtral.get_input_embeddings()(ids)
+    with moelab.trace(mixtral) as tr:
+        run(mixtral, inputs_embeds=emb)
+    assert tr.num_tokens == ids.numel() and (tr.token_id == -1).all()
+
+
+def test_tags_become_per_token_columns(mixtral, ids):
+    tracer = moelab.trace(mixtral)
+    with tracer as tr:
+        tracer.tag(domain=["code", "math"])
+        run(mixtral, ids)
+    assert tr.columns["domain"].tolist() == ["code"] * 9 + ["math"] * 9
+
+
+def test_qwen2_moe_with_dense_layers_names_only_moe_layers():
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+    from conftest import COMMON
+
+    cfg = Qwen2MoeConfig(**{**COMMON, "num_hidden_layers": 4}, intermediate_size=48, moe_intermediate_size=24,
+                         shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                         decoder_sparse_step=2)
+    model = Qwen2MoeForCausalLM(cfg).eval()
+    with moelab.trace(model) as tr:
+        run(model, torch.randint(3, VOCAB, (1, 4)))
+    assert tr.layer_names == ["layers.1.router", "layers.3.router"]
+
+
+# ------------------------------------------------------------------ streaming and devices
+def test_streaming_writes_parts_and_returns_the_union(mixtral, ids, tmp_path):
+    with moelab.trace(mixtral) as ref:
+        for _ in range(3):
+            run(mixtral, ids)
+    with moelab.trace(mixtral, path=tmp_path / "run", flush_tokens=20) as tr:
+        for _ in range(3):
+            run(mixtral, ids)
+    parts = sorted((tmp_path / "run").glob("*.parquet"))
+    assert len(parts) == 2  # 18 + 18 >= 20 -> flush, then the rest at exit
+    np.testing.assert_array_equal(tr.experts, ref.experts)
+    np.testing.assert_array_equal(moelab.load_trace(tmp_path / "run").sequence, ref.sequence)
+
+
+def test_streaming_to_a_parquet_file_name_is_a_clear_error(mixtral, tmp_path):
+    with pytest.raises(ValueError, match="folder"):
+        moelab.trace(mixtral, path=tmp_path / "x.parquet")
+
+
+def test_model_dispatched_by_accelerate_with_disk_offload_traces_correctly(tmp_path, ids):
+    from accelerate import dispatch_model
+
+    model = tiny_mixtral()
+    with moelab.trace(model) as ref:
+        run(model, ids)
+    plain = run(model, ids).logits
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.layers.2": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    model = dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path / "offload"))
+    before = hook_state(model)
+    with moelab.trace(model) as tr:
+        out = run(model, ids).logits
+    assert torch.equal(out, plain)
+    np.testing.assert_array_equal(tr.experts, ref.experts)
+    assert hook_state(model) == before
