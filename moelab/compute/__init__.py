@@ -1,0 +1,48 @@
+"""
+Compute accounting for MoE (and dense) transformers: parameters, FLOPs, memory, serving cost.
+
+    >>> from moelab.compute import count_params, flops_per_token, mixtral_8x7b_config
+    >>> cfg = mixtral_8x7b_config()
+    >>> p = count_params(cfg)
+    >>> f"{p.total / 1e9:.2f}B total, {p.active / 1e9:.2f}B active"
+    '46.70B total, 12.88B active'
+
+Everything works from a config alone (a transformers config object or a dict with
+"model_type"); no weights are built. One concept per module:
+
+    shape.py     ModelShape: the integers accounting needs, read from a config
+    params.py    count_params: total / active parameters by component
+    flops.py     forward_flops, flops_per_token, router_share (1 multiply-add = 2 FLOPs)
+    memory.py    weight_bytes, kv_bytes_per_token, kv_cache_bytes, fits
+    hardware.py  GPUS datasheet table, measure_host_bandwidth, this_machine
+    routing.py   distinct experts per batch: closed form, Monte Carlo, from a routing trace
+    roofline.py  decode roofline, $/1M tokens, published-number and memory-claim checks
+    configs.py   mixtral_8x7b_config, mistral_7b_config, dense_equivalent
+
+See docs/compute.md for the numbers.
+"""
+
+from .configs import MATCHES, dense_equivalent, mistral_7b_config, mixtral_8x7b_config
+from .flops import FlopBreakdown, flops_per_token, forward_flops, router_share
+from .hardware import GPUS, Hardware, get_hardware, measure_host_bandwidth, measure_host_matmul_flops, this_machine
+from .memory import DTYPE_BYTES, FitReport, dtype_bytes, fits, kv_bytes_per_token, kv_cache_bytes, weight_bytes
+from .params import Count, ParamCount, attention_params, count_params, expert_params
+from .roofline import (
+    MIXTRAL_A100_VLLM,
+    MemoryClaimCheck,
+    PublishedResult,
+    check_memory_claim,
+    compare_published,
+    cost_per_million_tokens,
+    decode_roofline,
+    weight_bytes_read,
+)
+from .routing import (
+    distinct_experts_from_trace,
+    distinct_experts_per_batch,
+    expected_distinct_experts,
+    simulate_distinct_experts,
+)
+from .shape import SUPPORTED_MODEL_TYPES, ModelShape, as_config, model_shape
+
+__all__ = [name for name in dir() if not name.startswith("_") and name not in ("configs", "flops", "hardware", "memory", "params", "roofline", "routing", "shape")]

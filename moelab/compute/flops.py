@@ -1,0 +1,161 @@
+"""
+Forward-pass FLOPs by component, prefill and decode, with attention as a function of context.
+
+Convention: 1 multiply-add = 2 FLOPs, and only matrix multiplications are counted (the same
+thing `torch.utils.flop_counter.FlopCounterMode` counts). Elementwise work -- norms, SiLU,
+softmax, RoPE, residual adds, the router's top-k -- is O(H) per token per layer, i.e. about
+1/H of the matmul work, and is left out. Biases are left out (FlopCounterMode counts `addmm`
+as its matmul). Embedding lookups are 0 FLOPs.
+
+Per token and layer, with H hidden, h query heads of width d, g KV heads, I_e expert width:
+    attention_proj     2 * (H*h*d + 2*H*g*d + h*d*H)        q, k, v, o
+    attention_scores   2 * h * d * n_keys                   Q K^T
+    attention_values   2 * h * d * n_keys                   softmax(QK^T) V
+    router             2 * H * E
+    experts            2 * k * 3 * H * I_e                  top-k SwiGLU experts
+    shared_experts     2 * 3 * H * I_s + 2 * H              (qwen2_moe)
+    dense_mlp          2 * 3 * H * I                        (dense layers)
+and once per token that produces logits: head = 2 * H * V.
+
+n_keys: a forward of S new tokens after P cached tokens. Dense attention kernels (eager,
+SDPA math) compute every query against all P+S keys and mask afterwards, so
+n_keys = P + S for every query (`causal_skip=False`, the default, and what FlopCounterMode
+reports). Kernels that skip masked blocks (FlashAttention) do query i against P+i+1 keys,
+capped by a sliding window (`causal_skip=True`). Decode (S=1) gives n_keys = P+1 either way.
+
+Reference: Kaplan et al. 2020 (arXiv:2001.08361) Table 1 for the per-token accounting;
+Chinchilla (arXiv:2203.15556) Appendix F for the attention terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from .params import attention_params
+from .shape import model_shape
+
+
+@dataclass(frozen=True)
+class FlopBreakdown:
+    """FLOPs of a forward pass (or per token) by component; `.total` sums them.
+
+    >>> from moelab.compute import flops_per_token, mixtral_8x7b_config
+    >>> f = flops_per_token(mixtral_8x7b_config(), context=4096, phase="decode")
+    >>> f.share("router") < 0.001
+    True
+    """
+
+    embeddings: float = 0.0
+    attention_proj: float = 0.0
+    attention_scores: float = 0.0  # Q K^T
+    attention_values: float = 0.0  # A V
+    router: float = 0.0
+    experts: float = 0.0
+    shared_experts: float = 0.0
+    dense_mlp: float = 0.0
+    head: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return float(sum(getattr(self, f.name) for f in fields(self)))
+
+    @property
+    def attention(self) -> float:
+        """attention_proj + attention_scores + attention_values"""
+        return self.attention_proj + self.attention_scores + self.attention_values
+
+    def share(self, component: str) -> float:
+        """Fraction of the total spent in `component` (a field name or "attention")."""
+        return getattr(self, component) / self.total
+
+    def scale(self, factor: float) -> "FlopBreakdown":
+        return replace(self, **{f.name: getattr(self, f.name) * factor for f in fields(self)})
+
+    def to_dict(self) -> dict[str, float]:
+        d = {f.name: float(getattr(self, f.name)) for f in fields(self)}
+        d["total"] = self.total
+        return d
+
+
+def _keys_sum(S: int, P: int, causal_skip: bool, window: int | None) -> float:
+    """Sum over the S new queries of the number of keys each is multiplied with."""
+    if not causal_skip:
+        return float(S * (P + S))
+    if window is None:
+        return float(S * P + S * (S + 1) / 2)
+    return float(sum(min(P + i + 1, window) for i in range(S)))
+
+
+def forward_flops(
+    config,
+    batch: int = 1,
+    seq_len: int = 1,
+    past: int = 0,
+    logits: str = "all",
+    causal_skip: bool = False,
+) -> FlopBreakdown:
+    """Matmul FLOPs of one forward pass over `batch` x `seq_len` new tokens after `past` cached ones.
+
+    logits: "all" (every position, like `model(input_ids)`), "last" (one per sequence, like
+    `generate` / `logits_to_keep=1`) or "none".
+
+    >>> from transformers import MistralConfig
+    >>> c = MistralConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+    ...                   num_attention_heads=2, num_key_value_heads=1, sliding_window=None)
+    >>> forward_flops(c, seq_len=1).total  # 2*192 q,k,v,o + 2*2*(2*4*1) QK^T,AV + 2*384 MLP + 2*80 head
+    1344.0
+    """
+    if logits not in ("all", "last", "none"):
+        raise ValueError(f"logits={logits!r}: use 'all', 'last' or 'none'")
+    s = model_shape(config)
+    H, T = s.hidden, batch * seq_len
+    n_moe, n_dense = s.num_moe_layers, s.num_dense_layers
+    proj = attention_params(s) - s.q_norm - s.k_norm  # weights + biases
+    proj -= s.heads * s.head_dim * s.q_bias + s.kv_heads * s.head_dim * (s.k_bias + s.v_bias) + H * s.o_bias
+    keys = batch * _keys_sum(seq_len, past, causal_skip, s.sliding_window)
+    attn_qk = 2.0 * s.heads * s.head_dim * keys * s.layers
+    n_logits = {"all": T, "last": batch, "none": 0}[logits]
+    return FlopBreakdown(
+        attention_proj=2.0 * proj * T * s.layers,
+        attention_scores=attn_qk,
+        attention_values=attn_qk,
+        router=2.0 * H * s.num_experts * T * n_moe,
+        experts=2.0 * s.top_k * 3 * H * s.expert_intermediate * T * n_moe,
+        shared_experts=(2.0 * 3 * H * s.shared_intermediate + 2.0 * H * s.shared_gate) * T * n_moe,
+        dense_mlp=2.0 * 3 * H * s.dense_intermediate * T * n_dense,
+        head=2.0 * H * s.vocab * n_logits,
+    )
+
+
+def flops_per_token(
+    config,
+    context: int = 2048,
+    phase: str = "decode",
+    causal_skip: bool = False,
+    include_head: bool = True,
+) -> FlopBreakdown:
+    """FLOPs per token: prefill of a `context`-token prompt (averaged over its tokens), or
+    one decode step with `context` tokens already in the KV cache.
+
+    >>> from moelab.compute import mixtral_8x7b_config
+    >>> round(flops_per_token(mixtral_8x7b_config(), context=0, phase="decode").total / 1e9, 1)
+    25.5
+    """
+    logits = "all" if include_head else "none"
+    if phase == "prefill":
+        if context < 1:
+            raise ValueError(f"prefill needs context >= 1 prompt tokens, got context={context}")
+        return forward_flops(config, 1, context, 0, logits, causal_skip).scale(1.0 / context)
+    if phase == "decode":
+        return forward_flops(config, 1, 1, context, logits, causal_skip)
+    raise ValueError(f"phase={phase!r}: use 'prefill' or 'decode'")
+
+
+def router_share(config, context: int = 2048, phase: str = "decode") -> float:
+    """Fraction of forward FLOPs spent in the router matmul(s).
+
+    >>> from moelab.compute import mixtral_8x7b_config
+    >>> f"{router_share(mixtral_8x7b_config(), context=4096):.4%}"
+    '0.0076%'
+    """
+    return flops_per_token(config, context=context, phase=phase).share("router")

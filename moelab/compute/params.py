@@ -1,0 +1,128 @@
+"""
+Parameter counts, total and active per token, by component.
+
+"Active" follows the convention of the Mixtral paper (arXiv:2401.04088, "13B active"): every
+parameter except the routed experts a token does not use, i.e. routed experts count k/E of
+their total; embeddings, attention, router, shared experts, dense MLPs, norms and the head
+count fully. (A token's embedding lookup reads one row, not the table; `flops.py` therefore
+gives embeddings 0 FLOPs, and `roofline.py` reads one row per token.)
+
+Tied embeddings (`tie_word_embeddings=True`) are counted once, under `embeddings`; `head` is
+then 0 (plus an lm_head bias if any).
+
+Reference numbers (tests/test_compute.py):
+    Mixtral 8x7B  46.70B total, 12.88B active      Mistral 7B  7.24B
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .shape import ModelShape, model_shape
+
+
+@dataclass(frozen=True)
+class Count:
+    """Parameters of one component: `total` stored, `active` used per token."""
+
+    total: int
+    active: int
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Per-component parameter counts; `.total` and `.active` are the sums (ints).
+
+    >>> from moelab.compute import count_params, mixtral_8x7b_config
+    >>> p = count_params(mixtral_8x7b_config())
+    >>> round(p.total / 1e9, 2), round(p.active / 1e9, 2)
+    (46.7, 12.88)
+    """
+
+    embeddings: Count  # token embedding table (V x H)
+    attention: Count  # q, k, v, o projections (+ biases, + q/k norms)
+    router: Count  # Linear(H, E) per MoE layer
+    experts: Count  # routed experts: E x 3 x H x I_e per MoE layer; active k/E of it
+    shared_experts: Count  # always-on shared expert + its gate (qwen2_moe)
+    dense_mlp: Count  # SwiGLU MLP of dense layers (all layers of a dense model)
+    norms: Count  # pre-attention, pre-MLP and final norms
+    head: Count  # lm_head (0 when tied to the embeddings)
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, f.name).total for f in fields(self))
+
+    @property
+    def active(self) -> int:
+        return sum(getattr(self, f.name).active for f in fields(self))
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        """{component: {"total": n, "active": n}} plus a "sum" row."""
+        d = {f.name: {"total": getattr(self, f.name).total, "active": getattr(self, f.name).active} for f in fields(self)}
+        d["sum"] = {"total": self.total, "active": self.active}
+        return d
+
+    def to_frame(self):
+        """The breakdown as a pandas DataFrame (rows: components + "sum")."""
+        import pandas as pd
+
+        return pd.DataFrame(self.to_dict()).T
+
+    def __str__(self) -> str:
+        rows = [f"{'component':<15}{'total':>16}{'active':>16}"]
+        for name, c in self.to_dict().items():
+            rows.append(f"{name:<15}{c['total']:>16,}{c['active']:>16,}")
+        return "\n".join(rows)
+
+
+def _swiglu(h: int, i: int, bias: bool = False) -> int:
+    # gate_proj (H->I), up_proj (H->I), down_proj (I->H); experts store gate|up fused, same count
+    return 3 * h * i + ((2 * i + h) if bias else 0)
+
+
+def attention_params(s: ModelShape) -> int:
+    """Attention parameters of ONE layer (projections, biases, q/k norms)."""
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    n = s.hidden * q + 2 * s.hidden * kv + q * s.hidden
+    n += q * s.q_bias + kv * s.k_bias + kv * s.v_bias + s.hidden * s.o_bias
+    return n + s.q_norm + s.k_norm
+
+
+def expert_params(s: ModelShape) -> int:
+    """Parameters of ONE routed expert (SwiGLU, no biases in any supported model)."""
+    return _swiglu(s.hidden, s.expert_intermediate)
+
+
+def count_params(config) -> ParamCount:
+    """Total and active-per-token parameters of a model, from its config alone.
+
+    >>> from moelab.compute import count_params, mistral_7b_config
+    >>> round(count_params(mistral_7b_config()).total / 1e9, 2)
+    7.24
+    """
+    s = model_shape(config)
+    H, V, L, E, k = s.hidden, s.vocab, s.layers, s.num_experts, s.top_k
+    n_moe, n_dense = s.num_moe_layers, s.num_dense_layers
+    norm = H * (2 if s.norm_bias else 1)
+
+    emb = V * H
+    attn = L * attention_params(s)
+    router = n_moe * H * E
+    experts_total = n_moe * E * expert_params(s)
+    experts_active = n_moe * k * expert_params(s)
+    shared = n_moe * (_swiglu(H, s.shared_intermediate) + (H if s.shared_gate else 0))
+    dense = n_dense * _swiglu(H, s.dense_intermediate, s.mlp_bias)
+    norms = (2 * L + 1) * norm
+    head = (0 if s.tied else V * H) + (V if s.lm_head_bias else 0)
+
+    full = lambda n: Count(n, n)  # noqa: E731
+    return ParamCount(
+        embeddings=full(emb),
+        attention=full(attn),
+        router=full(router),
+        experts=Count(experts_total, experts_active),
+        shared_experts=full(shared),
+        dense_mlp=full(dense),
+        norms=full(norms),
+        head=full(head),
+    )
