@@ -29,7 +29,7 @@ def measure_load(model_dir: Path, tokens_per_domain: int = 4096, seq_len: int = 
 
     model, tok = moelab.load_model(str(model_dir))
     streams = tokenize_split("heldout", max_tokens=tokens_per_domain)
-    tracer = moelab.trace(model)
+    tracer = moelab.trace(model, logits=True)
     with tracer as tr, torch.no_grad():
         for d, s in streams.items():
             n = len(s) // seq_len
@@ -54,6 +54,8 @@ def write_card(model_dir, tokens_per_domain: int = 4096) -> Path:
     load.to_csv(model_dir / "routing_load.csv", float_format="%.4f")
     bal = moelab.metrics.balance(tr)
     rr = moelab.metrics.repeat_rates(tr)
+    pooled = moelab.metrics.hf_aux_loss(tr)
+    k = cfg["num_experts_per_tok"]
     size = sum(p.stat().st_size for p in model_dir.rglob("*.safetensors"))
 
     rows = "\n".join(
@@ -112,6 +114,16 @@ choice (`repeat_rates`; random = {1 / E:.3f}):
 | layer | {' | '.join(f'e{i}' for i in range(E))} | CV | MaxVio | same first choice |
 |---|{'---:|' * E}---:|---:|---:|
 {load_rows}
+
+**Why so unbalanced, with a load-balancing loss in training?** transformers' `load_balancing_loss_func`
+(the loss Mixtral is trained with in transformers) pools the router outputs of *all layers* before
+computing E·Σᵢ fᵢ·Pᵢ, so expert i of layer 0 and expert i of layer 3 count as one expert. On these
+tokens the pooled value is **{pooled:.3f}** (≈ k = {k}, perfectly "balanced"), while the same quantity per
+layer is {', '.join(f'{v:.2f}' for v in bal['hf_aux'])} (layers {', '.join(str(i) for i in bal.index)}).
+The loss was satisfied by layers favouring *different* experts, not by balancing each layer. A
+per-layer loss (as in Switch/GShard, one loss per MoE layer) would have prevented it; we keep the
+model as trained because it shows the effect. (`moelab.metrics.balance(trace)["hf_aux"]` is per layer,
+`moelab.metrics.hf_aux_loss(trace)` reproduces transformers' pooled value.)
 
 ## Checkpoints (`checkpoints/`, for the router-saturation study of OLMoE §5)
 
