@@ -80,9 +80,9 @@ def workloads(model, device):
         with torch.no_grad():
             cache = model(input_ids=prompt, use_cache=True).past_key_values
         step = torch.randint(3, 32000, (b, 1), generator=g).to(device)
-        mask = torch.ones(b, 257, dtype=torch.long, device=device)
-        out[f"decode_b{b}_kv256"] = (dict(input_ids=step, attention_mask=mask, past_key_values=cache,
-                                          use_cache=True), cache)
+        # no attention_mask (all ones would be equivalent): transformers' aux-loss code behind
+        # output_router_logits=True fails on a decode step whose mask covers the cache
+        out[f"decode_b{b}_kv256"] = (dict(input_ids=step, past_key_values=cache, use_cache=True), cache)
     return out
 
 
@@ -101,8 +101,8 @@ def measure(model, inputs, cache, repeats, warmup, device):
         for name in order:
             make_ctx, extra = variants[name]
             ctx = make_ctx() if make_ctx else None
-            if cache is not None:
-                cache.crop(256)
+            if cache is not None and cache.get_seq_length() > 256:
+                cache.crop(256 - cache.get_seq_length())  # back to the 256-token prompt (untimed)
             if ctx is not None:
                 ctx.__enter__()
             try:

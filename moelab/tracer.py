@@ -112,8 +112,10 @@ class Tracer:
         self._forward_sig = inspect.signature(type(self.stack).forward)
         self._slot = {id(r.module): i for i, r in enumerate(self.routers)}
         self._handles: list = []
-        self._chunks: list[dict[str, np.ndarray]] = []   # host records not yet flushed / concatenated
+        self._raw: list[dict] = []                        # per-forward host arrays not yet flushed
         self._buffered = 0
+        self._e_dtype = torch.uint8 if self.num_experts <= 256 else torch.int16
+        self._w_dtype = torch.float32 if self.logits else torch.float16
         self._parts = 0
         self._tags: dict[str, Any] = {}
         self._seq_columns: dict[str, dict[int, Any]] = {}
@@ -173,8 +175,9 @@ class Tracer:
 
     # ----------------------------------------------------------------- hooks
     def _pre_hook(self, module, args, kwargs):
-        bound = self._forward_sig.bind_partial(module, *args, **kwargs).arguments
-        extra = bound.get("kwargs", {}) if isinstance(bound.get("kwargs"), dict) else {}
+        # transformers calls the decoder stack with keywords; bind positionals only when present
+        bound = self._forward_sig.bind_partial(module, *args, **kwargs).arguments if args else kwargs
+        extra = bound.get("kwargs") if isinstance(bound.get("kwargs"), dict) else {}
         get = lambda name: bound.get(name, extra.get(name))  # noqa: E731
         ids, embeds, mask = get("input_ids"), get("inputs_embeds"), get("attention_mask")
         ref = ids if ids is not None else embeds
@@ -196,10 +199,9 @@ class Tracer:
 
     def _router_hook(self, module, inputs, output):
         fwd = self._fwd
-        if fwd is None:
-            return None
-        logits, weights, index = output[0], output[1], output[2]
-        fwd["layers"][self._slot[id(module)]] = (index, weights, logits if self.logits else None)
+        if fwd is not None:
+            # output = (logits, weights, index); keep references only, no copy, no sync
+            fwd["layers"][self._slot[id(module)]] = output
         return None
 
     def _post_hook(self, module, args, output):
@@ -215,58 +217,77 @@ class Tracer:
     # ------------------------------------------------------------ gathering
     @torch.no_grad()
     def _collect(self, fwd):
+        """Per forward: stack and compact on the device, one copy to the host, bookkeeping in Python.
+
+        The token-major reshaping and padding removal happen later, in `_materialise`,
+        off the forward's critical path.
+        """
         B, S, past = fwd["B"], fwd["S"], fwd["past"]
         layers = fwd["layers"]
-        dev = layers[0][0].device
+        dev = layers[0][2].device
         # (layers, tokens, k) on the device; no host sync until the single copy below
-        index = torch.stack([x[0].to(dev, non_blocking=True) for x in layers])
-        weights = torch.stack([x[1].to(dev, non_blocking=True) for x in layers])
+        index = torch.stack([o[2].to(dev, non_blocking=True) for o in layers])
         if index.shape[1] != B * S:
             raise TracingError(f"router saw {index.shape[1]} tokens but the forward has batch {B} x length {S}")
-        e_dtype = torch.uint8 if self.num_experts <= 256 else torch.int16
-        w_dtype = torch.float32 if self.logits else torch.float16
-        parts = {"experts": index.to(e_dtype), "weights": weights.to(w_dtype)}
+        parts = {
+            "experts": index.to(self._e_dtype),
+            "weights": torch.stack([o[1].to(dev, non_blocking=True) for o in layers]).to(self._w_dtype),
+        }
         if self.logits:
-            parts["logits"] = torch.stack([x[2].to(dev, non_blocking=True) for x in layers]).float()
+            parts["logits"] = torch.stack([o[0].to(dev, non_blocking=True) for o in layers]).float()
         mask = fwd["mask"]
         if mask is not None:
-            mask = mask.to(dev)
-            parts["position"] = (mask.long().cumsum(-1)[:, -S:] - 1).to(torch.int32)  # (B, S)
-            parts["valid"] = mask[:, -S:].to(torch.uint8)
+            parts["mask"] = mask.to(dev, copy=True)      # our own copy: the caller may reuse its tensor
         if fwd["ids"] is not None:
-            parts["token_id"] = fwd["ids"].to(dev).to(torch.int32)
+            parts["token_id"] = fwd["ids"].to(dev, copy=True)
         host = _to_host(parts)
 
         # Python-side bookkeeping: which sequences and generate step these rows are
         grp = self._group
         if past == 0 or grp is None or grp["B"] != B:
-            seq = np.arange(self._next_seq, self._next_seq + B)
+            grp = self._group = {"B": B, "seq0": self._next_seq, "step": 0}
             self._next_seq += B
-            grp = self._group = {"B": B, "seq": seq, "step": 0}
-            self._apply_tags(seq)
+            self._apply_tags(np.arange(grp["seq0"], grp["seq0"] + B))
         else:
             grp["step"] += 1
-        T = B * S
-        valid = host["valid"].reshape(T).astype(bool) if "valid" in host else np.ones(T, bool)
-        if "position" in host:
-            position = host["position"].reshape(T).astype(np.int64)
-        else:
-            position = np.tile(np.arange(past, past + S), B)
-        rec = {
-            "experts": host["experts"].reshape(len(layers), T, -1).transpose(1, 0, 2)[valid],
-            "weights": host["weights"].reshape(len(layers), T, -1).transpose(1, 0, 2)[valid],
-            "sequence": np.repeat(grp["seq"], S)[valid],
-            "position": position[valid],
-            "token_id": (host["token_id"].reshape(T).astype(np.int64) if "token_id" in host else np.full(T, -1))[valid],
-            "step": np.full(int(valid.sum()), grp["step"], np.int32),
-        }
-        if self.logits:
-            rec["logits"] = host["logits"].reshape(len(layers), T, -1).transpose(1, 0, 2)[valid]
-        self._chunks.append(rec)
-        self._buffered += len(rec["sequence"])
+        host.update(B=B, S=S, past=past, seq0=grp["seq0"], step=grp["step"])
+        self._raw.append(host)
+        self._buffered += B * S
         self.forwards += 1
         if self.path is not None and self._buffered >= self.flush_tokens:
             self._flush()
+
+    def _materialise(self, raw: dict) -> dict[str, np.ndarray]:
+        """One forward's host arrays -> token-major records without padding."""
+        B, S, past = raw["B"], raw["S"], raw["past"]
+        T = B * S
+        L = raw["experts"].shape[0]
+        if "mask" in raw:
+            mask = raw["mask"].astype(bool)                                     # (B, past + S)
+            position = (np.cumsum(mask, axis=1)[:, -S:] - 1).reshape(T)
+            valid = mask[:, -S:].reshape(T)
+        else:
+            position, valid = np.tile(np.arange(past, past + S), B), None
+
+        def tok(a):  # (L, T, x) -> (T', L, x)
+            a = a.reshape(L, T, -1).transpose(1, 0, 2)
+            return a[valid] if valid is not None else np.ascontiguousarray(a)
+
+        def keep(a):
+            return a[valid] if valid is not None else a
+
+        rec = {
+            "experts": tok(raw["experts"]),
+            "weights": tok(raw["weights"]),
+            "sequence": keep(np.repeat(np.arange(raw["seq0"], raw["seq0"] + B), S)),
+            "position": keep(position).astype(np.int64),
+            "token_id": keep(raw["token_id"].reshape(T).astype(np.int64)) if "token_id" in raw
+            else np.full(T if valid is None else int(valid.sum()), -1, np.int64),
+        }
+        rec["step"] = np.full(len(rec["sequence"]), raw["step"], np.int32)
+        if "logits" in raw:
+            rec["logits"] = tok(raw["logits"])
+        return rec
 
     def _apply_tags(self, seq: np.ndarray):
         for name, value in self._tags.items():
@@ -300,10 +321,10 @@ class Tracer:
         )
 
     def _flush(self):
-        if not self._chunks:
+        if not self._raw:
             return
-        t = self._records_to_trace(self._chunks)
-        self._chunks, self._buffered = [], 0
+        t = self._records_to_trace([self._materialise(r) for r in self._raw])
+        self._raw, self._buffered = [], 0
         write_trace(t, self.path / f"part-{self._parts:05d}.parquet", shard=self._shard_id())
         self._parts += 1
 
@@ -316,8 +337,8 @@ class Tracer:
                 _fill(self.trace, load_trace(self.path))
             return
         if self.retain:
-            _fill(self.trace, self._records_to_trace(self._chunks))
-        self._chunks = []
+            _fill(self.trace, self._records_to_trace([self._materialise(r) for r in self._raw]))
+        self._raw = []
 
     def _shard_id(self) -> str:
         import os
@@ -367,6 +388,8 @@ def _decoder_stack(model: nn.Module) -> nn.Module:
 
 def _to_host(parts: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """One device-to-host copy for all tensors: pack as bytes, copy, unpack as numpy views."""
+    if all(t.device.type == "cpu" for t in parts.values()):
+        return {name: t.numpy() for name, t in parts.items()}  # already on the host: no copy at all
     flat, layout, offset = [], {}, 0
     for name, t in parts.items():
         t = t.contiguous()
