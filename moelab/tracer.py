@@ -225,14 +225,14 @@ class Tracer:
         B, S, past = fwd["B"], fwd["S"], fwd["past"]
         layers = fwd["layers"]
         dev = layers[0][2].device
-        # (layers, tokens, k) on the device; no host sync until the single copy below
-        index = torch.stack([o[2].to(dev, non_blocking=True) for o in layers])
+        index, weights = [o[2] for o in layers], [o[1] for o in layers]
+        if any(t.device != dev for t in index):  # layers spread over devices (accelerate device_map)
+            index = [t.to(dev, non_blocking=True) for t in index]
+            weights = [t.to(dev, non_blocking=True) for t in weights]
+        index = torch.stack(index)  # (layers, tokens, k), still on the device: no sync
         if index.shape[1] != B * S:
             raise TracingError(f"router saw {index.shape[1]} tokens but the forward has batch {B} x length {S}")
-        parts = {
-            "experts": index.to(self._e_dtype),
-            "weights": torch.stack([o[1].to(dev, non_blocking=True) for o in layers]).to(self._w_dtype),
-        }
+        parts = {"experts": index.to(self._e_dtype), "weights": torch.stack(weights).to(self._w_dtype)}
         if self.logits:
             parts["logits"] = torch.stack([o[0].to(dev, non_blocking=True) for o in layers]).float()
         mask = fwd["mask"]
@@ -359,6 +359,7 @@ class Tracer:
             "renormalised": self.adapter.is_renormalised(cfg),
             "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
             "weights_recorded_as": "float32" if self.logits else "float16",
+            "tokenizer": _tokenizer_name(cfg),
             "experts_implementation": getattr(cfg, "_experts_implementation", None),
             "moelab_version": __version__,
             "transformers_version": transformers.__version__,
@@ -373,6 +374,19 @@ def _fill(target: RoutingTrace, source: RoutingTrace) -> None:
     for name in ("experts", "weights", "num_experts", "sequence", "position", "token_id", "step",
                  "logits", "layer_ids", "meta", "columns"):
         setattr(target, name, getattr(source, name))
+
+
+def _tokenizer_name(cfg) -> str:
+    """Mixtral's SentencePiece for the embedded model; otherwise the model's own folder/id (HF convention)."""
+    name = getattr(cfg, "_name_or_path", "") or ""
+    try:
+        from .models import default_model_dir
+
+        if name and Path(name).resolve() == default_model_dir().resolve():
+            return "mistral-common:tokenizer.model.v1"
+    except Exception:  # pragma: no cover - odd paths
+        pass
+    return name
 
 
 def _decoder_stack(model: nn.Module) -> nn.Module:

@@ -220,3 +220,20 @@ def test_model_dispatched_by_accelerate_with_disk_offload_traces_correctly(tmp_p
     assert torch.equal(out, plain)
     np.testing.assert_array_equal(tr.experts, ref.experts)
     assert hook_state(model) == before
+
+
+def test_padded_tokens_never_count_in_statistics(mixtral):
+    torch.manual_seed(5)
+    a, b = torch.randint(3, VOCAB, (4,)), torch.randint(3, VOCAB, (7,))
+    ids = torch.zeros(2, 7, dtype=torch.long)
+    mask = torch.zeros(2, 7, dtype=torch.long)
+    ids[0, 3:], mask[0, 3:] = a, 1   # left-padded
+    ids[1], mask[1] = b, 1
+    with moelab.trace(mixtral) as padded:
+        run(mixtral, ids, attention_mask=mask)
+    with moelab.trace(mixtral) as alone:
+        run(mixtral, a[None])
+        run(mixtral, b[None])
+    pd_testing = pytest.importorskip("pandas").testing
+    pd_testing.assert_frame_equal(moelab.metrics.repeat_rates(padded), moelab.metrics.repeat_rates(alone))
+    pd_testing.assert_frame_equal(moelab.metrics.balance(padded), moelab.metrics.balance(alone))
