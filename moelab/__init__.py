@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "trace": ("moelab.tracer", "trace"),
     "UnsupportedModelError": ("moelab.adapters", "UnsupportedModelError"),
+    "TracingError": ("moelab.tracer", "TracingError"),
     "load_model": ("moelab.models", "load_model"),
     "load_tokenizer": ("moelab.data", "load_tokenizer"),
     "load_corpus": ("moelab.data", "load_corpus"),
@@ -49,6 +50,7 @@ __all__ = [
     "load_trace",
     "trace",
     "UnsupportedModelError",
+    "TracingError",
     "load_model",
     "load_tokenizer",
     "load_corpus",

@@ -16,7 +16,7 @@ and choices the config declares, and whether the weights are renormalised.
     [('layers.0.router', 0), ('layers.1.router', 1)]
 
 Adding an architecture = one `Adapter(...)` entry in `ADAPTERS` plus a test on a
-tiny random config (see tests/test_adapters.py).
+tiny random config (see `BUILDERS` in tests/conftest.py and tests/test_tracer.py).
 """
 
 from __future__ import annotations

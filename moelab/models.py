@@ -63,6 +63,8 @@ def load_model(name: str | os.PathLike | None = None, *, dtype: torch.dtype | st
         name = str(path)
         dtype = dtype or _default_dtype()
     if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype={dtype!r} is not a torch dtype; use 'float32', 'bfloat16' or 'float16'")
         dtype = getattr(torch, dtype)
     local = Path(name).expanduser()
     opts = dict(kwargs)
@@ -94,7 +96,14 @@ def _tokenizer_for(local: Path | None, name, allow_download: bool):
     if local is not None and local.resolve() == default_model_dir().resolve():
         return load_tokenizer()
     if local is not None and not any((local / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
-        return load_tokenizer()
+        model_type = json.loads((local / "config.json").read_text()).get("model_type")
+        if model_type in ("mixtral", "mistral"):
+            return load_tokenizer()  # Mixtral/Mistral folders without tokenizer files: Mixtral's own
+        raise FileNotFoundError(
+            f"{local} has no tokenizer files (tokenizer.json / tokenizer.model) and is a {model_type!r} model, "
+            "whose tokenizer moelab does not ship; copy the model's tokenizer files into the folder, or pass "
+            "tokenizer=False and tokenize yourself."
+        )
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(local or name), local_files_only=not allow_download)

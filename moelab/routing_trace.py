@@ -6,7 +6,8 @@ dimensions plus per-token metadata, so a trace file can be analysed on a laptop
 without torch models or weights.
 
     >>> import numpy as np, moelab
-    >>> ex = np.random.default_rng(0).integers(0, 8, size=(5, 2, 2))  # (tokens, layers, k)
+    >>> rng = np.random.default_rng(0)
+    >>> ex = np.stack([rng.permutation(8)[:2] for _ in range(10)]).reshape(5, 2, 2)  # (tokens, layers, k)
     >>> t = moelab.RoutingTrace.from_arrays(ex, num_experts=8)
     >>> t.experts.shape, t.num_layers, t.top_k
     ((5, 2, 2), 2, 2)
@@ -39,7 +40,7 @@ class TraceMismatchError(ValueError):
 
 
 def expert_dtype(num_experts: int) -> np.dtype:
-    """Smallest unsigned dtype that holds expert ids 0..num_experts-1."""
+    """Compact dtype for expert ids 0..num_experts-1: uint8 up to 256 experts, else int16."""
     return np.dtype(np.uint8) if num_experts <= 256 else np.dtype(np.int16)
 
 
@@ -145,6 +146,18 @@ class RoutingTrace:
         experts = np.asarray(experts)
         if experts.ndim != 3:
             raise TraceMismatchError(f"experts must be shaped (tokens, layers, k); got shape {experts.shape}")
+        if experts.size and not np.issubdtype(experts.dtype, np.integer):
+            raise TypeError(f"experts must hold integer expert ids; got dtype {experts.dtype}")
+        if experts.size and (experts.min() < 0 or experts.max() >= num_experts):
+            raise TraceMismatchError(
+                f"expert ids must lie in [0, {num_experts}); found {experts.min()}..{experts.max()}")
+        if experts.shape[2] > 1 and experts.size:
+            srt = np.sort(experts, axis=-1)
+            dup = np.argwhere((srt[..., 1:] == srt[..., :-1]).any(-1))
+            if len(dup):
+                t, layer = dup[0]
+                raise TraceMismatchError(
+                    f"a token's top-k experts must be distinct; token {t}, layer {layer} has {experts[t, layer].tolist()}")
         T = experts.shape[0]
         sequence = np.zeros(T, np.int64) if sequence is None else np.asarray(sequence, np.int64)
         if position is None:
@@ -184,6 +197,12 @@ class RoutingTrace:
             for name in ("weights", "logits"):
                 if (getattr(t, name) is None) != (getattr(first, name) is None):
                     raise TraceMismatchError(f"cannot concatenate traces where only some have {name}")
+            if not np.array_equal(t.layer_ids, first.layer_ids):
+                raise TraceMismatchError(
+                    f"cannot concatenate traces of different layers: {first.layer_ids.tolist()} vs {t.layer_ids.tolist()}")
+            ma, mb = first.meta.get("model"), t.meta.get("model")
+            if ma and mb and ma != mb:
+                raise TraceMismatchError(f"cannot concatenate traces of different models: {ma!r} vs {mb!r}")
             if set(t.columns) != set(first.columns):
                 raise TraceMismatchError(
                     f"cannot concatenate traces with different columns: {sorted(first.columns)} vs {sorted(t.columns)}"

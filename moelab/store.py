@@ -52,21 +52,25 @@ class TraceFileError(ValueError):
 def _fixed_list(arr: np.ndarray) -> pa.Array:
     """(tokens, a, b) numpy -> fixed_size_list<dtype>[a*b], zero-copy where possible."""
     T = arr.shape[0]
-    flat = np.ascontiguousarray(arr).reshape(T, -1)
-    width = flat.shape[1]
+    width = int(np.prod(arr.shape[1:]))
+    flat = np.ascontiguousarray(arr).reshape(T, width)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
 
 
 def _weights_layout(weights: np.ndarray) -> str:
-    """'drop_last' when every (token, layer) weight row sums to 1, else 'all'."""
-    if weights.shape[-1] < 2 or weights.shape[0] == 0:
+    """'drop_last' for fp16 top-2 weights that sum to 1 per (token, layer), else 'all'.
+
+    Only top-2 in fp16: there the rebuilt second weight, 1 - w0, is within one fp16
+    step of the recorded one. For k > 2 the rebuilt last weight would carry the
+    rounding of k - 1 others, and fp32 weights (logits=True) must stay bit-exact.
+    """
+    if weights.shape[-1] != 2 or weights.dtype != np.float16 or weights.shape[0] == 0:
         return "all"
     sums = weights.astype(np.float32).sum(-1)
-    atol = RENORM_ATOL.get(weights.dtype, 1e-5) * weights.shape[-1]
-    return "drop_last" if np.all(np.abs(sums - 1.0) <= atol) else "all"
+    return "drop_last" if np.all(np.abs(sums - 1.0) <= RENORM_ATOL[weights.dtype] * 2) else "all"
 
 
-def to_arrow_table(trace: RoutingTrace, *, shard: int | str = 0) -> pa.Table:
+def to_arrow_table(trace: RoutingTrace, *, shard: int | str = 0, run: str | None = None) -> pa.Table:
     cols = {
         "sequence": pa.array(trace.sequence.astype(np.int64)),
         "position": pa.array(trace.position.astype(np.int32)),
@@ -94,18 +98,24 @@ def to_arrow_table(trace: RoutingTrace, *, shard: int | str = 0) -> pa.Table:
         "weights_layout": layout,
         "weights_dtype": None if trace.weights is None else str(trace.weights.dtype),
         "shard": shard,
+        "run": run,
         "meta": trace.meta,
     }
     table = pa.table(cols)
     return table.replace_schema_metadata({META_KEY: json.dumps(meta, default=str).encode()})
 
 
-def write_trace(trace: RoutingTrace, path, *, shard: int | str = 0) -> None:
-    """Write `trace` to one Parquet file at `path`, atomically (tmp file + rename)."""
+def write_trace(trace: RoutingTrace, path, *, shard: int | str = 0, run: str | None = None) -> None:
+    """Write `trace` to one Parquet file at `path`, atomically (tmp file + rename).
+
+    `run`/`shard` mark files that continue one another (streamed parts of one
+    tracing run): `load_trace` keeps their sequence ids; any other files get
+    disjoint sequence ids.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(to_arrow_table(trace, shard=shard), tmp, compression="zstd", compression_level=9)
+    pq.write_table(to_arrow_table(trace, shard=shard, run=run), tmp, compression="zstd", compression_level=9)
     os.replace(tmp, path)
 
 
@@ -216,17 +226,18 @@ def load_trace(path, *, columns: list[str] | None = None) -> RoutingTrace:
     files = _files(path)
     if columns is not None:
         columns = list(dict.fromkeys([*TOKEN_FIELDS, "experts", *columns]))
-    parts, shards = [], []
+    parts, groups = [], []
     for f in files:
         table, meta = _read_table(f, columns=columns)
         parts.append(_table_to_trace(table, meta, f))
-        shards.append(str(meta.get("shard", 0)))
+        # streamed parts of one run and shard continue each other's sequences; other files do not
+        run = meta.get("run")
+        groups.append((run, str(meta.get("shard", 0))) if run else ("file", str(f)))
     if len(parts) == 1:
         return parts[0]
-    # Streamed parts of one shard share sequence ids; different shards get disjoint ones.
-    by_shard: dict[str, list[RoutingTrace]] = {}
-    for s, t in zip(shards, parts):
-        by_shard.setdefault(s, []).append(t)
+    by_shard: dict[tuple, list[RoutingTrace]] = {}
+    for g, t in zip(groups, parts):
+        by_shard.setdefault(g, []).append(t)
     try:
         per_shard = [RoutingTrace.concat(ts) for ts in by_shard.values()]
         return RoutingTrace.concat(per_shard, renumber_sequences=len(per_shard) > 1)

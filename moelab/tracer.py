@@ -24,8 +24,10 @@ How it works (and what it never does)
 * `generate` (KV cache on): a forward that starts from an empty cache opens new
   sequences (step 0 = prefill); a forward that extends a cache of the same batch
   is the next decode step of those sequences. Each token the model reads is
-  recorded once. Beam search records one row per beam (reordering is not
-  followed).
+  recorded once. Rows that finished early (they read the EOS of
+  `model.generation_config`) are not recorded while `generate` keeps feeding
+  them padding. Beam search records one row per beam (reordering is not
+  followed: use greedy or sampling for locality statistics).
 * `path=`: records are streamed to a folder of Parquet parts, one part each
   `flush_tokens` tokens, so memory stays bounded and a killed process leaves
   every flushed part readable (a single Parquet file is unreadable until its
@@ -38,6 +40,7 @@ TransformerLens; router semantics follow transformers' `MixtralTopKRouter`.
 from __future__ import annotations
 
 import inspect
+import uuid
 import weakref
 from pathlib import Path
 from typing import Any
@@ -103,6 +106,15 @@ class Tracer:
                 f"path={str(path)!r}: streaming writes a folder of Parquet parts (one per flush), not one file. "
                 "Pass a folder name, e.g. path='runs/mytrace'; or trace in memory and call tr.save('x.parquet')."
             )
+        if self.path is not None and self.path.is_dir() and any(self.path.rglob("*.parquet")):
+            n = sum(1 for _ in self.path.rglob("*.parquet"))
+            raise FileExistsError(
+                f"path={str(path)!r} already holds {n} trace file(s); a new run would be mixed with them on load. "
+                "Pass a new folder, or delete the old one first."
+            )
+        if retain is False and self.path is None:
+            raise ValueError("retain=False without path= would discard everything recorded; pass path= to stream "
+                             "to disk, or keep retain=True")
         if flush_tokens < 1:
             raise ValueError(f"flush_tokens must be >= 1; got {flush_tokens}")
         self.flush_tokens = int(flush_tokens)
@@ -114,7 +126,7 @@ class Tracer:
         self._handles: list = []
         self._raw: list[dict] = []                        # per-forward host arrays not yet flushed
         self._buffered = 0
-        self._e_dtype = torch.uint8 if self.num_experts <= 256 else torch.int16
+        self._e_dtype = torch.from_numpy(np.zeros(0, expert_dtype(self.num_experts))).dtype
         self._w_dtype = torch.float32 if self.logits else torch.float16
         self._parts = 0
         self._tags: dict[str, Any] = {}
@@ -122,15 +134,19 @@ class Tracer:
         self._next_seq = 0
         self._group: dict | None = None                  # current generate group: seq ids, step, batch
         self._fwd: dict | None = None                    # state of the forward in flight
+        self._finished: dict[int, np.ndarray] = {}       # per group (first seq id): rows that read EOS in decode
+        self._eos = _eos_ids(model)
+        self._run = uuid.uuid4().hex                     # parts of one run share it (see store.load_trace)
         self.trace: RoutingTrace | None = None
-        self.forwards = 0
 
     # ------------------------------------------------------------------ API
     def tag(self, **columns) -> None:
-        """Per-sequence columns for the sequences opened by the next forward(s).
+        """Per-sequence columns for the sequences opened by the next forward.
 
         Each value is a scalar (same for every row) or a sequence with one entry
-        per batch row. They become per-token columns of the trace.
+        per batch row. They become per-token columns of the trace; the decode
+        steps of a `generate` keep the labels of their prompt. Call again before
+        each batch; untagged sequences get None.
         """
         self._tags = dict(columns)
 
@@ -141,6 +157,7 @@ class Tracer:
                 f"{type(self.model).__name__} is already being traced; nested moelab.trace on one model is not "
                 "supported. Use the outer trace, or finish it before starting another."
             )
+        self.trace = self._records_to_trace([])  # the object the user holds; filled on exit
         _ACTIVE.add(self.model)
         try:
             for r in self.routers:
@@ -149,13 +166,8 @@ class Tracer:
             self._handles.append(self.stack.register_forward_hook(self._post_hook))
         except BaseException:
             self._remove_hooks()
+            _ACTIVE.discard(self.model)
             raise
-        self.trace = RoutingTrace.from_arrays(
-            np.zeros((0, len(self.routers), self.top_k), np.uint8),
-            num_experts=self.num_experts,
-            layer_ids=[r.layer for r in self.routers],
-            meta=self._meta(),
-        )
         return self.trace
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -185,6 +197,9 @@ class Tracer:
             self._fwd = None
             return None
         B, S = ref.shape[0], ref.shape[1]
+        if B * S == 0:
+            raise ValueError(f"moelab.trace: the forward got an empty batch (input shape {tuple(ref.shape)}); "
+                             "pass at least one token")
         if mask is not None and mask.dim() != 2:
             mask = None  # a 4D custom mask: positions are then counted without padding information
         if mask is not None:
@@ -237,23 +252,29 @@ class Tracer:
             parts["logits"] = torch.stack([o[0].to(dev, non_blocking=True) for o in layers]).float()
         mask = fwd["mask"]
         if mask is not None:
-            parts["mask"] = mask.to(dev, copy=True)      # our own copy: the caller may reuse its tensor
+            # positions count real tokens only: unpadded tokens before + running count now (on the device,
+            # so only (B, S) values cross to the host however long the cache is)
+            mask = mask.to(dev)
+            valid = mask[:, -S:].to(torch.int32)
+            parts["position"] = mask[:, :-S].sum(1, keepdim=True, dtype=torch.int32) + valid.cumsum(1, dtype=torch.int32) - 1
+            parts["valid"] = valid.to(torch.uint8)
         if fwd["ids"] is not None:
             parts["token_id"] = fwd["ids"].to(dev, copy=True)
         host = _to_host(parts)
 
         # Python-side bookkeeping: which sequences and generate step these rows are
+        # a forward continues the open group only if it extends that group's cache exactly
         grp = self._group
-        if past == 0 or grp is None or grp["B"] != B:
-            grp = self._group = {"B": B, "seq0": self._next_seq, "step": 0}
+        if past == 0 or grp is None or grp["B"] != B or grp["end"] != past:
+            grp = self._group = {"B": B, "seq0": self._next_seq, "step": 0, "end": past + S}
             self._next_seq += B
             self._apply_tags(np.arange(grp["seq0"], grp["seq0"] + B))
         else:
             grp["step"] += 1
+            grp["end"] = past + S
         host.update(B=B, S=S, past=past, seq0=grp["seq0"], step=grp["step"])
         self._raw.append(host)
         self._buffered += B * S
-        self.forwards += 1
         if self.path is not None and self._buffered >= self.flush_tokens:
             self._flush()
 
@@ -262,12 +283,19 @@ class Tracer:
         B, S, past = raw["B"], raw["S"], raw["past"]
         T = B * S
         L = raw["experts"].shape[0]
-        if "mask" in raw:
-            mask = raw["mask"].astype(bool)                                     # (B, past + S)
-            position = (np.cumsum(mask, axis=1)[:, -S:] - 1).reshape(T)
-            valid = mask[:, -S:].reshape(T)
+        if "valid" in raw:
+            position = raw["position"].reshape(T)
+            valid = raw["valid"].reshape(T).astype(bool)
         else:
             position, valid = np.tile(np.arange(past, past + S), B), None
+        if raw["step"] > 0 and self._eos and "token_id" in raw:
+            # generate keeps feeding finished rows (pad tokens, mask 1) until every row is done: a row
+            # that has read its EOS in a decode step reads only padding afterwards, so drop it
+            ids = raw["token_id"].reshape(B, S)
+            done = self._finished.setdefault(raw["seq0"], np.zeros(B, bool))
+            live = np.repeat(~done, S)
+            done |= np.isin(ids, self._eos).any(1)
+            valid = live if valid is None else valid & live
 
         def tok(a):  # (L, T, x) -> (T', L, x)
             a = a.reshape(L, T, -1).transpose(1, 0, 2)
@@ -290,7 +318,8 @@ class Tracer:
         return rec
 
     def _apply_tags(self, seq: np.ndarray):
-        for name, value in self._tags.items():
+        tags, self._tags = self._tags, {}
+        for name, value in tags.items():
             vals = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * len(seq)
             if len(vals) != len(seq):
                 raise ValueError(f"tag {name!r} has {len(vals)} values but the batch has {len(seq)} rows")
@@ -325,7 +354,7 @@ class Tracer:
             return
         t = self._records_to_trace([self._materialise(r) for r in self._raw])
         self._raw, self._buffered = [], 0
-        write_trace(t, self.path / f"part-{self._parts:05d}.parquet", shard=self._shard_id())
+        write_trace(t, self.path / f"part-{self._parts:05d}.parquet", shard=self._shard_id(), run=self._run)
         self._parts += 1
 
     def _finish(self):
@@ -374,6 +403,15 @@ def _fill(target: RoutingTrace, source: RoutingTrace) -> None:
     for name in ("experts", "weights", "num_experts", "sequence", "position", "token_id", "step",
                  "logits", "layer_ids", "meta", "columns"):
         setattr(target, name, getattr(source, name))
+
+
+def _eos_ids(model) -> list[int]:
+    """EOS ids `generate` stops on (generation_config, else config), as a list."""
+    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(cfg, "eos_token_id", None)
+        if eos is not None:
+            return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    return []
 
 
 def _tokenizer_name(cfg) -> str:

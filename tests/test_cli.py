@@ -46,7 +46,12 @@ def test_two_process_run_writes_one_shard_each_and_loads_as_the_union(model_dir,
     common = ["--model", str(model_dir), "--dtype", "float32", "--device", "cpu", "--corpus", "heldout",
               "--domains", "math", "--max-docs", "3", "--seq-len", "32", "--batch-size", "2"]
     _cli("trace", *common, "--out", str(tmp_path / "single"))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    import socket
+
+    with socket.socket() as sock:  # a free port, so parallel CI jobs don't collide
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                 "-m", "moelab.cli"]
     _cli("trace", *common, "--out", str(tmp_path / "dp"), launcher=torchrun)
     assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == ["rank-0", "rank-1"]

@@ -132,3 +132,43 @@ def test_a_killed_streaming_run_leaves_every_flushed_part_readable(tmp_path):
     assert r.returncode == 9, r.stderr
     t = moelab.load_trace(tmp_path / "run")
     assert t.num_tokens == 50 and sorted(set(t.sequence.tolist())) == [0, 1, 2, 3, 4]
+
+
+def test_top8_and_fp32_weights_round_trip_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    ex = np.stack([rng.permutation(64)[:8] for _ in range(300 * 2)]).reshape(300, 2, 8)
+    w = rng.dirichlet(np.ones(8), size=(300, 2))
+    for dtype in (np.float16, np.float32):
+        t = RoutingTrace.from_arrays(ex, w.astype(dtype), num_experts=64)
+        t.save(tmp_path / "t.parquet")
+        np.testing.assert_array_equal(moelab.load_trace(tmp_path / "t.parquet").weights, t.weights)
+    t2 = synthetic(T=200).select(slice(None))
+    t2.weights = t2.weights.astype(np.float32)  # fp32 top-2 (logits=True) stays bit-exact too
+    t2.save(tmp_path / "t2.parquet")
+    np.testing.assert_array_equal(moelab.load_trace(tmp_path / "t2.parquet").weights, t2.weights)
+
+
+def test_separately_saved_files_in_one_folder_keep_distinct_sequences(tmp_path):
+    a = RoutingTrace.from_arrays(np.array([[[0, 1]]] * 3), num_experts=8)
+    b = RoutingTrace.from_arrays(np.array([[[2, 3]]] * 3), num_experts=8)
+    a.save(tmp_path / "two" / "a.parquet")
+    b.save(tmp_path / "two" / "b.parquet")
+    u = moelab.load_trace(tmp_path / "two")
+    assert sorted(set(u.sequence.tolist())) == [0, 1]
+    assert moelab.metrics.repeat_rates(u)["pairs"].tolist() == [4]
+
+
+def test_from_arrays_rejects_float_out_of_range_and_repeated_ids():
+    with pytest.raises(TypeError, match="integer"):
+        RoutingTrace.from_arrays(np.array([[[0.5, 1.7]]]), num_experts=8)
+    with pytest.raises(TraceMismatchError, match=r"\[0, 8\).*-1"):
+        RoutingTrace.from_arrays(np.array([[[-1, 2]]]), num_experts=8)
+    with pytest.raises(TraceMismatchError, match="distinct.*\\[3, 3\\]"):
+        RoutingTrace.from_arrays(np.array([[[3, 3]]]), num_experts=8)
+
+
+def test_concatenating_traces_of_different_models_is_refused():
+    a = RoutingTrace.from_arrays(np.array([[[0, 1]]]), num_experts=8, meta={"model": "a"})
+    b = RoutingTrace.from_arrays(np.array([[[0, 1]]]), num_experts=8, meta={"model": "b"})
+    with pytest.raises(TraceMismatchError, match="different models"):
+        RoutingTrace.concat([a, b])

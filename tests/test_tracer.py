@@ -63,7 +63,7 @@ def test_dense_model_error_names_supported_architectures():
 def _router_triples(model, *args):
     """The routers' own returned (logits, weights, index), captured by an independent hook."""
     got = []
-    hs = [m.register_forward_hook(lambda mod, i, o: got.append(o)) for m in model.modules()
+    hs = [m.register_forward_hook(lambda mod, i, o: got.append(tuple(x.clone() for x in o))) for m in model.modules()
           if type(m).__name__.endswith("TopKRouter")]
     try:
         run(model, *args)
@@ -237,3 +237,62 @@ def test_padded_tokens_never_count_in_statistics(mixtral):
     pd_testing = pytest.importorskip("pandas").testing
     pd_testing.assert_frame_equal(moelab.metrics.repeat_rates(padded), moelab.metrics.repeat_rates(alone))
     pd_testing.assert_frame_equal(moelab.metrics.balance(padded), moelab.metrics.balance(alone))
+
+
+def test_rows_finished_by_eos_stop_being_recorded_while_others_generate(mixtral):
+    torch.manual_seed(0)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    with torch.no_grad():
+        free = mixtral.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    eos = int(free[0, 5])                       # row 0's first generated token: make it the EOS
+    assert eos not in free[1, 5:].tolist(), "pick a seed where row 1 never emits that token"
+    mixtral.generation_config.eos_token_id = eos   # the tracer reads EOS from the model's generation_config
+    with torch.no_grad(), moelab.trace(mixtral) as tr:
+        out = mixtral.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    row0 = tr.select(tr.sequence == 0).sorted()
+    # prompt, then the EOS fed back once; the pads generate keeps feeding afterwards are not recorded
+    assert row0.token_id.tolist() == ids[0].tolist() + [eos]
+    assert (tr.sequence == 1).sum() == 5 + 5 and (out[0, 6:] == 0).all()
+
+
+def test_tags_label_only_the_next_forward(mixtral, ids):
+    tracer = moelab.trace(mixtral)
+    with tracer as tr:
+        tracer.tag(domain="code")
+        run(mixtral, ids)
+        run(mixtral, ids[:1])
+    assert set(tr.columns["domain"][tr.sequence < 2]) == {"code"}
+    assert set(tr.columns["domain"][tr.sequence == 2]) == {None}
+
+
+def test_streaming_into_a_folder_that_holds_a_trace_is_refused(mixtral, ids, tmp_path):
+    with moelab.trace(mixtral, path=tmp_path / "run"):
+        run(mixtral, ids)
+    with pytest.raises(FileExistsError, match="already holds 1 trace file"):
+        moelab.trace(mixtral, path=tmp_path / "run")
+
+
+def test_discarding_without_a_path_and_empty_batches_are_refused(mixtral):
+    with pytest.raises(ValueError, match="retain=False"):
+        moelab.trace(mixtral, retain=False)
+    with moelab.trace(mixtral) as tr, pytest.raises(ValueError, match="empty batch"):
+        run(mixtral, torch.zeros((0, 4), dtype=torch.long))
+    assert tr.num_tokens == 0
+
+
+def test_an_empty_trace_saves_and_loads(mixtral, tmp_path):
+    with moelab.trace(mixtral) as tr:
+        pass
+    tr.save(tmp_path / "empty.parquet")
+    assert moelab.load_trace(tmp_path / "empty.parquet").experts.shape == (0, 3, 2)
+
+
+def test_continuing_a_cache_keeps_the_sequence_and_counts_steps(mixtral):
+    ids = torch.randint(3, VOCAB, (1, 8))
+    with torch.no_grad(), moelab.trace(mixtral) as tr:
+        cache = mixtral(ids[:, :5], use_cache=True).past_key_values      # chunked prefill: 5 then 3 tokens
+        mixtral(ids[:, 5:], past_key_values=cache, use_cache=True)
+        mixtral(ids[:, :2], use_cache=True)                              # a fresh cache: a new sequence
+    assert tr.sequence.tolist() == [0] * 8 + [1] * 2
+    assert tr.position.tolist() == list(range(8)) + [0, 1]
+    assert tr.step.tolist() == [0] * 5 + [1] * 3 + [0, 0]

@@ -12,7 +12,7 @@ B=1 gives k; B -> infinity gives E. Mixtral (E=8, k=2): 2, 5.47, 7.20, 7.92, 8.0
 B = 1, 4, 8, 16, 32. A real router is not uniform: tokens of one sequence tend to reuse
 experts, so `distinct_experts_per_batch` measures it from a routing trace instead.
 
-Trace interface (duck-typed, e.g. `moelab.trace.RoutingTrace`): `experts` (tokens, layers, k)
+Trace interface (duck-typed, e.g. `moelab.RoutingTrace`): `experts` (tokens, layers, k)
 int array of expert ids, `num_experts`, `top_k`, `num_layers`, `sequence` (tokens,) and
 `step` (tokens,) with 0 = prefill, n = n-th decode step.
 """
