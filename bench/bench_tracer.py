@@ -14,7 +14,10 @@ call, untimed). Variants, all timed on the forward call only and interleaved
 round-robin so drift hits them equally:
 
   plain          model(**inputs)
-  moelab         inside `moelab.trace(model)` (hooks on, records gathered and copied once per forward)
+  moelab         inside `moelab.trace(model)` (hooks on, records gathered and copied once per forward):
+                 the per-step cost inside a long `generate`
+  moelab_block   the whole `with moelab.trace(model): model(...)` block (hook set-up, the forward,
+                 and turning the records into a RoutingTrace on exit): the cost of tracing one call
   router_logits  model(**inputs, output_router_logits=True)   (transformers' own capture)
   naive_hook     a forward hook per router doing `.cpu()` of indices and weights (a host sync per layer)
 
@@ -80,9 +83,9 @@ def workloads(model, device):
         with torch.no_grad():
             cache = model(input_ids=prompt, use_cache=True).past_key_values
         step = torch.randint(3, 32000, (b, 1), generator=g).to(device)
-        # no attention_mask (all ones would be equivalent): transformers' aux-loss code behind
-        # output_router_logits=True fails on a decode step whose mask covers the cache
-        out[f"decode_b{b}_kv256"] = (dict(input_ids=step, past_key_values=cache, use_cache=True), cache)
+        mask = torch.ones(b, 257, dtype=torch.long, device=device)   # as generate passes it
+        out[f"decode_b{b}_kv256"] = (dict(input_ids=step, attention_mask=mask, past_key_values=cache,
+                                          use_cache=True), cache)
     return out
 
 
@@ -91,7 +94,10 @@ def measure(model, inputs, cache, repeats, warmup, device):
     variants = {
         "plain": (None, {}),
         "moelab": (lambda: moelab.trace(model), {}),
-        "router_logits": (None, {"output_router_logits": True}),
+        "moelab_block": ("block", {}),
+        # transformers' aux-loss code behind output_router_logits=True fails on a decode step whose
+        # attention_mask covers the cache, so this variant runs without the (all-ones) mask
+        "router_logits": (None, {"output_router_logits": True, "attention_mask": None}),
         "naive_hook": (lambda: NaiveHook(model), {}),
     }
     times = {k: [] for k in variants}
@@ -100,16 +106,25 @@ def measure(model, inputs, cache, repeats, warmup, device):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             make_ctx, extra = variants[name]
-            ctx = make_ctx() if make_ctx else None
             if cache is not None and cache.get_seq_length() > 256:
                 cache.crop(256 - cache.get_seq_length())  # back to the 256-token prompt (untimed)
+            if make_ctx == "block":  # the whole `with moelab.trace(model):` block around one forward
+                sync()
+                t0 = time.perf_counter()
+                with moelab.trace(model), torch.no_grad():
+                    model(**inputs)
+                sync()
+                if r >= warmup:
+                    times[name].append(time.perf_counter() - t0)
+                continue
+            ctx = make_ctx() if make_ctx else None
             if ctx is not None:
                 ctx.__enter__()
             try:
                 sync()
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    model(**inputs, **extra)
+                    model(**{**inputs, **extra})
                 sync()
                 dt = time.perf_counter() - t0
             finally:
@@ -134,7 +149,8 @@ def main(argv=None):
     results = []
     print(json.dumps(environment(a.device, ",".join(a.dtypes))))
     print(f"model dims (hidden, intermediate, layers, heads, kv_heads) = {dims}, experts impl {a.impl}")
-    print(f"{'dtype':9s} {'workload':18s} {'plain ms':>9s} | {'moelab':>7s} {'rtr_logits':>10s} {'naive':>7s}  (ratio to plain)")
+    print(f"{'dtype':9s} {'workload':18s} {'plain ms':>9s} | {'moelab':>7s} {'block':>7s} {'rtr_logits':>10s} "
+          f"{'naive':>7s}  (ratio to plain)")
     for dt in a.dtypes:
         model = build(*dims, getattr(torch, dt), a.device, a.impl)
         for wname, (inputs, cache) in workloads(model, a.device).items():
@@ -145,7 +161,8 @@ def main(argv=None):
             results.append(dict(dtype=dt, workload=wname, repeats=reps, median_ms={k: v * 1e3 for k, v in med.items()},
                                 ratio=ratio))
             print(f"{dt:9s} {wname:18s} {med['plain'] * 1e3:9.2f} | {ratio['moelab']:7.3f} "
-                  f"{ratio['router_logits']:10.3f} {ratio['naive_hook']:7.3f}", flush=True)
+                  f"{ratio['moelab_block']:7.3f} {ratio['router_logits']:10.3f} {ratio['naive_hook']:7.3f}",
+                  flush=True)
         del model
     if a.out:
         with open(a.out, "w") as f:

@@ -375,6 +375,11 @@ class Tracer:
         return str(os.environ.get("RANK", self.user_meta.get("shard", 0)))
 
     def _meta(self) -> dict:
+        if getattr(self, "_meta_cache", None) is None:
+            self._meta_cache = self._build_meta()
+        return dict(self._meta_cache)
+
+    def _build_meta(self) -> dict:
         cfg = self.config
         import transformers
 
