@@ -35,7 +35,7 @@ def run(model, tokens: int, batch: int, seq: int, path) -> tuple[float, float, i
     ids = torch.randint(3, 32000, (batch, seq), generator=g)
     steps = -(-tokens // (batch * seq))
     before, peak = rss_mb(), 0.0
-    with moelab.trace(model, path=path, retain=False) as _, torch.no_grad():
+    with moelab.trace(model, path=path, retain=False if path else None) as _, torch.no_grad():
         for _ in range(steps):
             model(input_ids=ids, use_cache=False)
             peak = max(peak, rss_mb())
