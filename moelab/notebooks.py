@@ -319,3 +319,19 @@ def trace_documents(model, tok, docs: dict, *, seq_len: int = 256, batch_size: i
 
 if __name__ == "__main__":
     main()
+
+
+def resolve_device_dtype(device: str = "auto", dtype: str | None = None, model=None):
+    """The notebooks' parameters -> (device, torch dtype): cuda when asked or available, bf16 on CPU
+    (the fast path there), fp16 on CUDA; one CPU thread for the embedded model (it gains nothing
+    from more, and on a busy 2-core machine two threads stall each other)."""
+    import torch
+
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if dev == "cpu" and model is None:
+        torch.set_num_threads(1)
+    if dtype:
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"MOELAB_DTYPE={dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
+        return dev, getattr(torch, dtype)
+    return dev, torch.bfloat16 if dev == "cpu" else torch.float16

@@ -58,6 +58,7 @@ import torch
 from IPython.display import display
 
 import moelab
+from moelab.notebooks import resolve_device_dtype
 from moelab.data import load_documents
 from moelab.metrics import (coactivation, domain_specialization, layer_transitions, next_token_ids,
                             router_saturation, vocab_specialization)
@@ -67,10 +68,7 @@ from moelab.plots import coactivation_heatmap, save, saturation_curve, specializ
 
 FIGURES = Path(FIGURES)
 FIGURES.mkdir(parents=True, exist_ok=True)
-device = ("cuda" if torch.cuda.is_available() else "cpu") if DEVICE == "auto" else DEVICE
-if device == "cpu" and MODEL is None:
-    torch.set_num_threads(1)   # the tiny model gains nothing from more threads, and on a busy machine they stall
-dtype = getattr(torch, DTYPE) if DTYPE else (torch.bfloat16 if device == "cpu" else torch.float16)
+device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # cpu: bf16, one thread; cuda: fp16
 if FAST:
     DOCS_PER_DOMAIN, SEQ_LEN = min(DOCS_PER_DOMAIN, 2), min(SEQ_LEN, 128)
 device_map = "auto" if device == "cuda" else None

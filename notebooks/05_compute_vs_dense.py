@@ -55,6 +55,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 import moelab
+from moelab.notebooks import resolve_device_dtype
 from moelab import bench
 from moelab.compute import (MIXTRAL_A100_VLLM, check_memory_claim, compare_published, count_params,
                             decode_roofline, dense_equivalent, distinct_experts_from_trace, expected_distinct_experts,
@@ -67,10 +68,7 @@ from moelab.plots import group_colors, save, use_style
 
 FIGURES = Path(FIGURES)
 FIGURES.mkdir(parents=True, exist_ok=True)
-device = ("cuda" if torch.cuda.is_available() else "cpu") if DEVICE == "auto" else DEVICE
-if device == "cpu" and MODEL is None:
-    torch.set_num_threads(1)   # the tiny model gains nothing from more threads, and on a busy machine they stall
-dtype = getattr(torch, DTYPE) if DTYPE else (torch.bfloat16 if device == "cpu" else torch.float16)
+device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # cpu: bf16, one thread; cuda: fp16
 if FAST:
     DOCS_PER_DOMAIN, SEQ_LEN = min(DOCS_PER_DOMAIN, 2), min(SEQ_LEN, 128)
 pd.set_option("display.precision", 3)

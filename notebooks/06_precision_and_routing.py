@@ -52,6 +52,7 @@ import torch
 from IPython.display import display
 
 import moelab
+from moelab.notebooks import resolve_device_dtype
 from moelab.data import load_documents
 from moelab.metrics import agreement
 from moelab.models import DEFAULT_MODEL
@@ -60,9 +61,7 @@ from moelab.plots import agreement_plot, save
 
 FIGURES = Path(FIGURES)
 FIGURES.mkdir(parents=True, exist_ok=True)
-device = ("cuda" if torch.cuda.is_available() else "cpu") if DEVICE == "auto" else DEVICE
-if device == "cpu" and MODEL is None:
-    torch.set_num_threads(1)   # the tiny model gains nothing from more threads, and on a busy machine they stall
+device, _ = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # cpu: one thread for the embedded model
 if FAST:
     DOCS_PER_DOMAIN, SEQ_LEN = min(DOCS_PER_DOMAIN, 2), min(SEQ_LEN, 128)
 REFERENCE = "float32"
