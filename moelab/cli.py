@@ -6,7 +6,7 @@
     $ moelab figures                                                # run every notebook, refresh figures/
     $ moelab bench moe-vs-dense --help
 
-`trace` cuts each document into windows of `--seq-len` tokens (BOS first),
+`trace` cuts each document into windows of `--seq-len` tokens (BOS opens each document),
 batches them, and streams the routing to `--out` (a folder of Parquet parts;
 `moelab.load_trace(out)` returns the union). Each window is one sequence of the
 trace, tagged with its `domain`, `document` (global index) and `offset` (token
@@ -29,6 +29,20 @@ def _windows(texts: list[tuple[str, int, str]], tok, seq_len: int):
             chunk = ids[off: off + seq_len]
             if len(chunk) >= 2:
                 yield domain, doc_id, off, chunk
+
+
+def _pad_right(batch, pad: int):
+    """A batch of windows -> right-padded (ids, attention_mask) and the per-row tags."""
+    import torch
+
+    width = max(len(w[3]) for w in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, w in enumerate(batch):  # right padding: positions start at 0 for every window
+        ids[i, : len(w[3])] = torch.tensor(w[3])
+        mask[i, : len(w[3])] = 1
+    tags = dict(domain=[w[0] for w in batch], document=[w[1] for w in batch], offset=[w[2] for w in batch])
+    return ids, mask, tags
 
 
 def _collect_texts(args) -> list[tuple[str, int, str]]:
@@ -77,13 +91,8 @@ def cmd_trace(args) -> None:
     n_tokens = 0
     with tracer, torch.no_grad():
         for batch in tqdm(mine, desc=f"trace[{state.process_index}]", disable=not state.is_local_main_process):
-            width = max(len(w[3]) for w in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, w in enumerate(batch):           # right padding: positions start at 0 for every window
-                ids[i, : len(w[3])] = torch.tensor(w[3])
-                mask[i, : len(w[3])] = 1
-            tracer.tag(domain=[w[0] for w in batch], document=[w[1] for w in batch], offset=[w[2] for w in batch])
+            ids, mask, tags = _pad_right(batch, pad)
+            tracer.tag(**tags)
             model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False)
             n_tokens += int(mask.sum())
     state.wait_for_everyone()

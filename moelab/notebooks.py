@@ -268,7 +268,7 @@ def trace_documents(model, tok, docs: dict, *, seq_len: int = 256, batch_size: i
                     logits: bool = False, progress: bool = True, desc: str = "trace"):
     """Trace `{domain: [document, ...]}` the way `moelab trace --corpus` does; returns a RoutingTrace.
 
-    Each document is cut into windows of `seq_len` tokens (BOS first), windows are
+    Each document is cut into windows of `seq_len` tokens (BOS opens the document), windows are
     batched longest first with right padding, and every window becomes one
     sequence tagged with `domain`, `document` (global index) and `offset` (token
     offset in its document) -- identical to the CLI, so the same arguments give
@@ -285,7 +285,7 @@ def trace_documents(model, tok, docs: dict, *, seq_len: int = 256, batch_size: i
     import torch
     from tqdm.auto import tqdm
 
-    from .cli import _windows
+    from .cli import _pad_right, _windows
     from .tracer import trace
 
     texts, n = [], 0
@@ -301,13 +301,8 @@ def trace_documents(model, tok, docs: dict, *, seq_len: int = 256, batch_size: i
     tracer = trace(model, logits=logits)
     with tracer as tr, torch.no_grad():
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-            width = max(len(w[3]) for w in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, w in enumerate(batch):
-                ids[i, : len(w[3])] = torch.tensor(w[3])
-                mask[i, : len(w[3])] = 1
-            tracer.tag(domain=[w[0] for w in batch], document=[w[1] for w in batch], offset=[w[2] for w in batch])
+            ids, mask, tags = _pad_right(batch, pad)
+            tracer.tag(**tags)
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
                         logits_to_keep=0 if predictions else 1)
             if predictions:  # the tracer keeps the unpadded tokens in row-major order: do the same
@@ -315,10 +310,6 @@ def trace_documents(model, tok, docs: dict, *, seq_len: int = 256, batch_size: i
     if predictions:
         tr = tr.with_columns(predicted_id=np.concatenate(preds) if preds else np.zeros(0, np.int64))
     return tr
-
-
-if __name__ == "__main__":
-    main()
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str | None = None, model=None):
@@ -335,3 +326,8 @@ def resolve_device_dtype(device: str = "auto", dtype: str | None = None, model=N
             raise ValueError(f"MOELAB_DTYPE={dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
         return dev, getattr(torch, dtype)
     return dev, torch.bfloat16 if dev == "cpu" else torch.float16
+
+
+if __name__ == "__main__":
+    main()
+

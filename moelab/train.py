@@ -220,9 +220,9 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
             dt = time.perf_counter() - t0
             n = cfg.batch_size * cfg.seq_len
             tokens_seen += n
-            aux = float(outp.aux_loss)
-            ce = float(outp.loss) - cfg.aux_loss_coef * aux
-            log.writerow([step, f"{lr_at(step - 1, cfg):.3e}", f"{float(outp.loss):.4f}", f"{ce:.4f}",
+            aux = float(outp.aux_loss.detach())
+            ce = float(outp.loss.detach()) - cfg.aux_loss_coef * aux
+            log.writerow([step, f"{lr_at(step - 1, cfg):.3e}", f"{float(outp.loss.detach()):.4f}", f"{ce:.4f}",
                           f"{aux:.4f}", tokens_seen, f"{n / dt:.0f}"])
             bar.set_postfix(loss=f"{ce:.3f}", aux=f"{aux:.3f}", tok_s=f"{n / dt:.0f}")
             if step in ckpt_steps or step == cfg.steps:
