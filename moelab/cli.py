@@ -8,7 +8,10 @@
 
 `trace` cuts each document into windows of `--seq-len` tokens (BOS opens each document),
 batches them, and streams the routing to `--out` (a folder of Parquet parts;
-`moelab.load_trace(out)` returns the union). Each window is one sequence of the
+`moelab.load_trace(out)` returns the union); it runs the decoder stack alone (no LM
+head: `moelab.corpus.trace_corpus`) and prints the dtype it chose and why.
+`--resume` continues a killed run from its finished parts, refusing a folder
+written with other settings. Each window is one sequence of the
 trace, tagged with its `domain`, `document` (global index) and `offset` (token
 offset of the window in its document). Under torchrun / accelerate launch
 every process takes every n-th batch and writes its own shard `rank-<r>/`.
@@ -19,30 +22,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-
-def _windows(texts: list[tuple[str, int, str]], tok, seq_len: int):
-    """(domain, document, offset, ids) for every window of every document."""
-    for domain, doc_id, text in texts:
-        ids = tok.encode(text)  # BOS + pieces
-        for off in range(0, len(ids), seq_len):
-            chunk = ids[off: off + seq_len]
-            if len(chunk) >= 2:
-                yield domain, doc_id, off, chunk
-
-
-def _pad_right(batch, pad: int):
-    """A batch of windows -> right-padded (ids, attention_mask) and the per-row tags."""
-    import torch
-
-    width = max(len(w[3]) for w in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, w in enumerate(batch):  # right padding: positions start at 0 for every window
-        ids[i, : len(w[3])] = torch.tensor(w[3])
-        mask[i, : len(w[3])] = 1
-    tags = dict(domain=[w[0] for w in batch], document=[w[1] for w in batch], offset=[w[2] for w in batch])
-    return ids, mask, tags
 
 
 def _collect_texts(args) -> list[tuple[str, int, str]]:
@@ -64,40 +43,67 @@ def _collect_texts(args) -> list[tuple[str, int, str]]:
     return texts
 
 
+SETTINGS = ("model", "dtype", "source", "seq_len", "batch_size", "logits", "domains", "max_docs", "world_size")
+
+
 def cmd_trace(args) -> None:
     import torch
     from accelerate import PartialState
-    from tqdm.auto import tqdm
 
-    from . import trace
+    from .corpus import batches_of, trace_corpus, traced_windows, windows
+    from .device import resolve_device_dtype
     from .models import load_model
 
     state = PartialState(cpu=args.device == "cpu")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device, dtype = resolve_device_dtype(args.device, args.dtype, verbose=state.is_local_main_process)
     if device == "cuda" and state.num_processes > 1:
         device = f"cuda:{state.local_process_index}"
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cpu" else torch.float16)
+    if device == "cpu" and state.num_processes == 1 and args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = load_model(args.model, dtype=dtype, device_map=args.device_map)
     if args.device_map is None:
         model.to(device)
-    windows = sorted(_windows(_collect_texts(args), tok, args.seq_len), key=lambda w: -len(w[3]))
-    batches = [windows[i: i + args.batch_size] for i in range(0, len(windows), args.batch_size)]
+    batches = batches_of(windows(_collect_texts(args), tok, args.seq_len), args.batch_size)
     mine = batches[state.process_index:: state.num_processes]
     out = Path(args.out) / (f"rank-{state.process_index}" if state.num_processes > 1 else "")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    tracer = trace(model, path=out, logits=args.logits, retain=False,
-                   meta={"shard": state.process_index, "source": args.corpus or "text", "seq_len": args.seq_len,
-                         "tokenizer": getattr(tok, "name_or_path", type(tok).__name__)})
-    n_tokens = 0
-    with tracer, torch.no_grad():
-        for batch in tqdm(mine, desc=f"trace[{state.process_index}]", disable=not state.is_local_main_process):
-            ids, mask, tags = _pad_right(batch, pad)
-            tracer.tag(**tags)
-            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False)
-            n_tokens += int(mask.sum())
+    settings = {"model": str(args.model or "embedded"), "dtype": str(dtype).replace("torch.", ""),
+                "source": args.corpus or "text", "seq_len": args.seq_len, "batch_size": args.batch_size,
+                "logits": bool(args.logits), "domains": args.domains, "max_docs": args.max_docs,
+                "world_size": state.num_processes}
+    todo = mine
+    if args.resume and out.is_dir() and any(out.rglob("*.parquet")):
+        _check_resume(out, settings)
+        done = traced_windows(out)
+        todo = [b for b in mine if (b[0].document, b[0].offset) not in done]
+        print(f"[rank {state.process_index}] resuming {out}: {len(mine) - len(todo)} of {len(mine)} batches "
+              "already traced")
+    meta = {"shard": state.process_index, "tokenizer": getattr(tok, "name_or_path", type(tok).__name__),
+            "trace_settings": settings}
+    trace_corpus(model, tok, [], seq_len=args.seq_len, batch_size=args.batch_size, logits=args.logits,
+                      path=out, meta=meta, batches=todo, progress=state.is_local_main_process,
+                      desc=f"trace[{state.process_index}]", append=args.resume, retain=False,
+                 flush_tokens=args.flush_tokens)
     state.wait_for_everyone()
-    print(f"[rank {state.process_index}/{state.num_processes}] traced {n_tokens} tokens in {len(mine)} batches "
-          f"-> {out}")
+    n_tokens = sum(len(w.ids) for b in todo for w in b)
+    print(f"[rank {state.process_index}/{state.num_processes}] traced {n_tokens} tokens in {len(todo)} "
+          f"batches -> {out}")
+
+
+def _check_resume(out: Path, settings: dict) -> None:
+    """A resumed run must continue a run of the same settings; otherwise say which differ, and where."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    for f in sorted(out.rglob("*.parquet")):
+        raw = (pq.read_schema(f).metadata or {}).get(b"moelab")
+        old = (json.loads(raw).get("meta", {}) if raw else {}).get("trace_settings")
+        diff = {k: (old.get(k), settings.get(k)) for k in SETTINGS if old is not None and old.get(k) != settings.get(k)}
+        if old is None or diff:
+            what = "has no moelab trace settings" if old is None else \
+                "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise SystemExit(f"moelab trace --resume: {f} was written by different settings ({what}). "
+                             "Resume with the original arguments, or trace into a new --out folder.")
 
 
 def cmd_figures(args) -> None:
@@ -125,7 +131,7 @@ def main(argv=None) -> None:
     t = sub.add_parser("trace", help="trace a model's routing over text or the corpus into Parquet")
     t.add_argument("--model", default=None, help="local folder or hub id (default: the embedded model)")
     t.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on CPU, float16 on CUDA")
+                   help="default: float16 on CUDA; on CPU bfloat16 where native, else float32 (printed)")
     t.add_argument("--device", default="auto", help="cpu | cuda | auto")
     t.add_argument("--device-map", default=None, help='passed to from_pretrained, e.g. "auto" for multi-GPU/offload')
     t.add_argument("--text", action="append", help="a text to trace (repeatable)")
@@ -137,6 +143,10 @@ def main(argv=None) -> None:
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--logits", action="store_true", help="also record full router logits (fp32)")
     t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--resume", action="store_true",
+                   help="continue a killed run in --out: skip the windows its finished parts hold")
+    t.add_argument("--flush-tokens", type=int, default=65536, help="tokens per Parquet part")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
 
     f = sub.add_parser("figures", help="execute every notebook on the embedded model and refresh figures/")
     f.add_argument("--out", default=None, help="figures folder (default: figures/)")

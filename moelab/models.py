@@ -38,7 +38,10 @@ def checkpoints(name: str | os.PathLike | None = None) -> list[dict]:
 
 
 def _default_dtype() -> torch.dtype:
-    return torch.bfloat16  # the fast path on CPU; pass dtype=torch.float16 on CUDA
+    """bf16 where this CPU runs it natively, else fp32 (measured once: `moelab.device`)."""
+    from .device import cpu_default_dtype
+
+    return getattr(torch, cpu_default_dtype()[0])
 
 
 def load_model(name: str | os.PathLike | None = None, *, dtype: torch.dtype | str | None = None,
@@ -46,7 +49,8 @@ def load_model(name: str | os.PathLike | None = None, *, dtype: torch.dtype | st
     """(model, tokenizer). No name: the embedded small Mixtral, offline.
 
     name            a local folder (config.json + safetensors) or a hub id
-    dtype           torch dtype; default bf16 (embedded) or the checkpoint's own
+    dtype           torch dtype; default for the embedded model: bf16 where the CPU runs it natively, else
+                    fp32 (`moelab.device`); for other checkpoints their own
     device_map      passed to transformers/accelerate ("auto", a dict, ...)
     allow_download  hub ids are looked up in the local HF cache only unless True
     kwargs          passed to `from_pretrained` (e.g. experts_implementation="grouped_mm")

@@ -266,66 +266,26 @@ def main(argv=None) -> None:
 # ------------------------------------------------------------------------------ notebook helpers
 def trace_documents(model, tok, docs: dict, *, seq_len: int = 256, batch_size: int = 8, predictions: bool = False,
                     logits: bool = False, progress: bool = True, desc: str = "trace"):
-    """Trace `{domain: [document, ...]}` the way `moelab trace --corpus` does; returns a RoutingTrace.
+    """The notebooks' name for `moelab.corpus.trace_corpus` (the same loop as `moelab trace --corpus`)."""
+    from .corpus import trace_corpus
 
-    Each document is cut into windows of `seq_len` tokens (BOS opens the document), windows are
-    batched longest first with right padding, and every window becomes one
-    sequence tagged with `domain`, `document` (global index) and `offset` (token
-    offset in its document) -- identical to the CLI, so the same arguments give
-    the same tokens in the same order (what agreement/saturation comparisons need).
-    With `predictions=True` the per-token column `predicted_id` (argmax of the
-    model's next-token logits) is attached, for OLMoE's predicted-token
-    vocabulary specialization; otherwise only the last position's logits are
-    computed (`logits_to_keep=1`), which makes tracing several times faster.
-    `logits=True` records the full router logits (as `moelab.trace(model, logits=True)`).
-
-    Candidate for the library (e.g. `moelab.trace_corpus`, shared with `moelab.cli`).
-    """
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
-    from .cli import _pad_right, _windows
-    from .tracer import trace
-
-    texts, n = [], 0
-    for domain, ds in docs.items():
-        for doc in ds:
-            texts.append((domain, n, doc))
-            n += 1
-    windows = sorted(_windows(texts, tok, seq_len), key=lambda w: -len(w[3]))
-    batches = [windows[i: i + batch_size] for i in range(0, len(windows), batch_size)]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    device = next(model.parameters()).device if not hasattr(model, "device") else model.device
-    preds = []
-    tracer = trace(model, logits=logits)
-    with tracer as tr, torch.no_grad():
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-            ids, mask, tags = _pad_right(batch, pad)
-            tracer.tag(**tags)
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                        logits_to_keep=0 if predictions else 1)
-            if predictions:  # the tracer keeps the unpadded tokens in row-major order: do the same
-                preds.append(out.logits.argmax(-1).cpu()[mask.bool()].numpy())
-    if predictions:
-        tr = tr.with_columns(predicted_id=np.concatenate(preds) if preds else np.zeros(0, np.int64))
-    return tr
+    return trace_corpus(model, tok, docs, seq_len=seq_len, batch_size=batch_size, predictions=predictions,
+                        logits=logits, progress=progress, desc=desc)
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str | None = None, model=None):
-    """The notebooks' parameters -> (device, torch dtype): cuda when asked or available, bf16 on CPU
-    (the fast path there), fp16 on CUDA; one CPU thread for the embedded model (it gains nothing
-    from more, and on a busy 2-core machine two threads stall each other)."""
+    """The notebooks' parameters -> (device, torch dtype), printing the choice and why
+    (`moelab.device.resolve_device_dtype`: CUDA fp16; on CPU bf16 only where it is native, else fp32).
+    One CPU thread for the embedded model: it gains nothing from more, and on a busy 2-core
+    machine two threads stall each other."""
     import torch
 
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    from .device import resolve_device_dtype as resolve
+
+    dev, dt = resolve(device, dtype)
     if dev == "cpu" and model is None:
         torch.set_num_threads(1)
-    if dtype:
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"MOELAB_DTYPE={dtype!r} is not a torch dtype; use float32, bfloat16 or float16")
-        return dev, getattr(torch, dtype)
-    return dev, torch.bfloat16 if dev == "cpu" else torch.float16
+    return dev, dt
 
 
 if __name__ == "__main__":

@@ -180,6 +180,9 @@ class RoutingTrace:
     def concat(cls, traces: list["RoutingTrace"], *, renumber_sequences: bool = False) -> "RoutingTrace":
         """Stack traces of the same model along tokens.
 
+        Extra columns are the union of all traces' columns; a trace that lacks
+        one (a tag that started later, say) contributes missing values (None).
+
         With `renumber_sequences`, each trace's sequence ids are offset so that
         sequences of different traces never collide (used for data-parallel shards).
         """
@@ -203,10 +206,6 @@ class RoutingTrace:
             ma, mb = first.meta.get("model"), t.meta.get("model")
             if ma and mb and ma != mb:
                 raise TraceMismatchError(f"cannot concatenate traces of different models: {ma!r} vs {mb!r}")
-            if set(t.columns) != set(first.columns):
-                raise TraceMismatchError(
-                    f"cannot concatenate traces with different columns: {sorted(first.columns)} vs {sorted(t.columns)}"
-                )
         seqs = [t.sequence for t in traces]
         if renumber_sequences:
             offset, seqs = 0, []
@@ -229,7 +228,7 @@ class RoutingTrace:
             logits=cat("logits"),
             layer_ids=first.layer_ids,
             meta=dict(first.meta),
-            columns={c: np.concatenate([t.columns[c] for t in traces]) for c in first.columns},
+            columns=_union_columns(traces),
         )
 
     # ------------------------------------------------------------- selection
@@ -326,3 +325,15 @@ def _positions_within(sequence: np.ndarray) -> np.ndarray:
     run_start = np.repeat(starts, np.diff(np.r_[starts, len(s)]))
     pos[order] = np.arange(len(s)) - run_start
     return pos
+
+
+def _union_columns(traces) -> dict[str, np.ndarray]:
+    """Concatenate extra columns over traces; absent columns become None (object dtype)."""
+    names = list(dict.fromkeys(c for t in traces for c in t.columns))
+    out = {}
+    for c in names:
+        parts = [t.columns[c] if c in t.columns else np.full(t.num_tokens, None, object) for t in traces]
+        if any(p.dtype == object for p in parts) and not all(p.dtype == object for p in parts):
+            parts = [p.astype(object) for p in parts]
+        out[c] = np.concatenate(parts)
+    return out

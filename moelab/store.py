@@ -9,10 +9,11 @@ Layout (readable by pandas, Polars and DuckDB without moelab)
 --------------------------------------------------------------
 sequence, position, token_id : int64/int32 per token; step : int32
 experts  : fixed_size_list<uint8 | int16>[layers * k]   row-major (layer, rank)
-weights  : fixed_size_list<float16 | float32>[layers * k_w]
-           k_w = k - 1 when the stored weights sum to 1 per (token, layer)
-           (renormalised top-k, as Mixtral does): the last weight is 1 - sum of
-           the others and is rebuilt on load. Otherwise k_w = k, stored as used.
+weights  : fixed_size_list<uint16 | float32>[layers * k_w]  row-major (layer, rank), encoded by
+           `moelab.codec`: `code16` keeps fp16 precision over fp32's range in 2 bytes;
+           with `code16_drop0` (weights that sum to 1, as Mixtral renormalises)
+           rank 0 is rebuilt as 1 - the others, so k_w = k - 1. Every reloaded
+           weight is within 2^-11 of its own size; `float32` is bit-exact.
 logits   : fixed_size_list<float32>[layers * E]          only if recorded
 <extra>  : any per-token columns (e.g. domain)
 
@@ -37,11 +38,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .codec import decode_weights, encode_weights, stored_width
 from .routing_trace import TOKEN_FIELDS, RoutingTrace, TraceMismatchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2              # 2: weights encoded by moelab.codec (1: float16, drop_last)
 META_KEY = b"moelab"
-RENORM_ATOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-9}
 
 
 class TraceFileError(ValueError):
@@ -57,19 +58,6 @@ def _fixed_list(arr: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
 
 
-def _weights_layout(weights: np.ndarray) -> str:
-    """'drop_last' for fp16 top-2 weights that sum to 1 per (token, layer), else 'all'.
-
-    Only top-2 in fp16: there the rebuilt second weight, 1 - w0, is within one fp16
-    step of the recorded one. For k > 2 the rebuilt last weight would carry the
-    rounding of k - 1 others, and fp32 weights (logits=True) must stay bit-exact.
-    """
-    if weights.shape[-1] != 2 or weights.dtype != np.float16 or weights.shape[0] == 0:
-        return "all"
-    sums = weights.astype(np.float32).sum(-1)
-    return "drop_last" if np.all(np.abs(sums - 1.0) <= RENORM_ATOL[weights.dtype] * 2) else "all"
-
-
 def to_arrow_table(trace: RoutingTrace, *, shard: int | str = 0, run: str | None = None) -> pa.Table:
     cols = {
         "sequence": pa.array(trace.sequence.astype(np.int64)),
@@ -80,9 +68,9 @@ def to_arrow_table(trace: RoutingTrace, *, shard: int | str = 0, run: str | None
     }
     layout = None
     if trace.weights is not None:
-        layout = _weights_layout(trace.weights)
-        w = trace.weights[..., :-1] if layout == "drop_last" else trace.weights
-        cols["weights"] = _fixed_list(w)
+        exact = trace.weights.dtype == np.float32 and trace.logits is not None
+        layout, stored = encode_weights(trace.weights, exact=exact)
+        cols["weights"] = _fixed_list(stored)
     if trace.logits is not None:
         cols["logits"] = _fixed_list(trace.logits.astype(np.float32, copy=False))
     for name, v in trace.columns.items():
@@ -181,6 +169,22 @@ def _unflatten(col: pa.ChunkedArray | pa.Array, T: int, a: int, b: int, path: Pa
     return values.reshape(T, a, b)
 
 
+def read_weights(col, meta: dict, T: int, path) -> np.ndarray:
+    """A file's `weights` column -> float32 (tokens, layers, k), whichever format wrote it."""
+    L, k = meta["num_layers"], meta["top_k"]
+    layout = meta.get("weights_layout")
+    if meta.get("format_version", 1) < 2:      # format 1: float16, optionally the last rank dropped
+        kw = k - 1 if layout == "drop_last" else k
+        w = _unflatten(col, T, L, kw, path, "weights")
+        if kw < k:
+            w = np.concatenate([w, (1.0 - w.astype(np.float32).sum(-1, keepdims=True)).astype(w.dtype)], -1)
+        return w
+    try:
+        return decode_weights(layout, _unflatten(col, T, L, stored_width(layout, k), path, "weights"), k=k)
+    except ValueError as e:
+        raise TraceFileError(f"{path}: {e}") from None
+
+
 def _table_to_trace(table: pa.Table, meta: dict, path: Path) -> RoutingTrace:
     missing = [c for c in (*TOKEN_FIELDS, "experts") if c not in table.column_names]
     if missing:
@@ -189,12 +193,7 @@ def _table_to_trace(table: pa.Table, meta: dict, path: Path) -> RoutingTrace:
     experts = _unflatten(table["experts"], T, L, k, path, "experts")
     weights = None
     if "weights" in table.column_names:
-        kw = k - 1 if meta.get("weights_layout") == "drop_last" else k
-        w = _unflatten(table["weights"], T, L, kw, path, "weights")
-        if kw < k:
-            last = (1.0 - w.astype(np.float32).sum(-1, keepdims=True)).astype(w.dtype)
-            w = np.concatenate([w, last], axis=-1)
-        weights = w
+        weights = read_weights(table["weights"], meta, T, path)
     logits = _unflatten(table["logits"], T, L, E, path, "logits") if "logits" in table.column_names else None
     builtin = {*TOKEN_FIELDS, "experts", "weights", "logits"}
     columns = {c: table[c].to_numpy() for c in table.column_names if c not in builtin}

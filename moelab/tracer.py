@@ -1,46 +1,48 @@
 """moelab.trace: record every router's choices while a model runs.
 
-    >>> with moelab.trace(model) as tr:                      # doctest: +SKIP
-    ...     model.generate(**tok(["a", "bb"], return_tensors="pt", padding=True), max_new_tokens=4)
-    >>> tr.experts.shape                                     # (tokens, layers, k), filled on exit
-    >>> tr.to_pandas()[["sequence", "position", "step", "layer", "expert", "weight"]]
+    >>> import moelab, torch
+    >>> model, tok = moelab.load_model(dtype=torch.float32)
+    >>> with moelab.trace(model) as tr:                      # tr: a RoutingTrace, filled on exit
+    ...     tr.tag(domain="demo")                            # labels for the sequences of the next forward
+    ...     _ = model.generate(**tok(["a b", "c"], return_tensors="pt", padding=True), max_new_tokens=3)
+    >>> tr.experts.shape[1:]                                 # (tokens, layers, k)
+    (4, 2)
+    >>> sorted(set(tr.step.tolist()))                        # 0 = prefill, then one per decode step
+    [0, 1, 2]
 
-How it works (and what it never does)
--------------------------------------
-* One forward hook per router (`layers.{i}.router`), reading the triple
-  (logits, weights, indices) the router returns, plus a pre- and a post-hook on
-  the decoder stack to see `input_ids` / `attention_mask` and to close the
-  forward. Hooks live inside the context manager and are removed in `finally`
-  on every exit path. No forward is patched, no module swapped, no setting
-  (attention or experts implementation, dtype, config) touched: with or without
-  tracing the model computes bitwise the same logits.
-* No host synchronisation per layer: each router's outputs stay on their
-  device; at the end of a forward they are stacked, cast to compact dtypes
-  (ids uint8/int16, weights fp16 — fp32 when `logits=True`), packed with the
-  token metadata into one byte buffer and copied to the host once.
-* Padding: positions whose attention mask is 0 (left or right padding) are
-  dropped on the host, so no statistic counts them. `position` counts real
-  tokens only (0 = the first unpadded token).
-* `generate` (KV cache on): a forward that starts from an empty cache opens new
-  sequences (step 0 = prefill); a forward that extends a cache of the same batch
-  is the next decode step of those sequences. Each token the model reads is
-  recorded once. Rows that finished early (they read the EOS of
-  `model.generation_config`) are not recorded while `generate` keeps feeding
-  them padding. Beam search records one row per beam (reordering is not
-  followed: use greedy or sampling for locality statistics).
-* `path=`: records are streamed to a folder of Parquet parts, one part each
-  `flush_tokens` tokens, so memory stays bounded and a killed process leaves
-  every flushed part readable (a single Parquet file is unreadable until its
-  footer is written, hence parts).
+Three jobs, three modules
+-------------------------
+* `moelab.hooks.HookSet`: one forward hook per router (`layers.{i}.router`,
+  reading the (logits, weights, index) it returns) and a pre- and post-hook on
+  the decoder stack, all removed in `finally`. No forward is patched, no module
+  swapped, no setting touched: with or without tracing the model computes
+  bitwise the same logits. Per forward the outputs stay on their device, are
+  stacked and compacted there and cross to the host in one copy.
+* `moelab.tracking.SequenceTracker`: a pure state machine that decides which
+  sequence, position and step each row is. A cache continuation is recognised
+  by the cache *object* (identity and length), whatever the keyword is called
+  (`cache=`, `past_key_values=`, positional) and whichever transformers is
+  installed. Padding (attention mask 0) is never recorded; `position` counts
+  real tokens only. Rows `generate` keeps feeding after they finished are not
+  recorded (see `moelab.tracking`).
+* `moelab.sink`: memory, or a folder of Parquet parts written by a background
+  thread (`path=`), so memory stays bounded and a killed run leaves every
+  finished part readable.
 
-References: the hook discipline follows ROME's `nethook.TraceDict` and
-TransformerLens; router semantics follow transformers' `MixtralTopKRouter`.
+Weights are recorded exactly (float32 holds every fp16/bf16/fp32 value); files
+keep them to fp16 precision (`moelab.codec`), bit-exact with `logits=True`.
+Beam search reorders the cache between steps; the tracer detects the reorder
+and refuses (TracingError) rather than record wrong locality.
+
+References: ROME's `nethook.TraceDict` and TransformerLens hook points (the
+hook discipline); transformers' `MixtralTopKRouter` (router semantics).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-import uuid
+import os
 import weakref
 from pathlib import Path
 from typing import Any
@@ -49,28 +51,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .adapters import adapter_for, find_routers, model_config
-from .routing_trace import RoutingTrace, expert_dtype
-from .store import write_trace
+from .hooks import HookSet
+from .routing_trace import RoutingTrace, _union_columns, expert_dtype
+from .sink import MemorySink, PartsSink, Raw, SinkSpec, Stops
+from .tracking import Feed, SequenceTracker
 
 _ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 class TracingError(RuntimeError):
-    """Tracing cannot proceed (nested tracing, a forward the tracer cannot follow)."""
+    """Tracing cannot proceed (nested tracing, a forward the tracer cannot follow, beam search)."""
 
 
-def trace(
-    model: nn.Module,
-    *,
-    path=None,
-    logits: bool = False,
-    flush_tokens: int = 65536,
-    retain: bool | None = None,
-    meta: dict | None = None,
-) -> "Tracer":
-    """Context manager that records routing; yields a `RoutingTrace` filled on exit.
+def trace(model: nn.Module, *, path=None, logits: bool = False, flush_tokens: int = 65536,
+          retain: bool | None = None, meta: dict | None = None, append: bool = False) -> "Tracer":
+    """Context manager that records routing; yields a RoutingTrace (with `.tag()`) filled on exit.
 
         >>> with moelab.trace(model) as tr:                  # doctest: +SKIP
         ...     model(**tok("Hello world", return_tensors="pt"))
@@ -78,19 +74,34 @@ def trace(
         (3, 4, 2)
 
     path          folder to stream Parquet parts into (bounded memory); None keeps all in RAM
-    logits        also record full router logits (float32, (tokens, layers, E)); weights then stay fp32
+    logits        also record full router logits (float32, (tokens, layers, E)); files then keep weights bit-exact
     flush_tokens  with `path`: tokens buffered before a part file is written
     retain        fill the yielded trace on exit (default: True; with `path` it is read back from disk)
     meta          extra metadata stored in the trace (e.g. {"corpus": "heldout"})
-
-    Use `tracer.tag(domain=[...])` (the object `trace()` returns) to attach
-    per-sequence columns to the sequences of the next forward.
+    append        with `path`: add parts to a folder that already holds some (a resumed run); by default
+                  such a folder is refused, so two runs never mix by accident
     """
-    return Tracer(model, path=path, logits=logits, flush_tokens=flush_tokens, retain=retain, meta=meta)
+    return Tracer(model, path=path, logits=logits, flush_tokens=flush_tokens, retain=retain, meta=meta,
+                  append=append)
+
+
+class LiveTrace(RoutingTrace):
+    """What `with moelab.trace(model) as tr` yields: a RoutingTrace, filled when the block ends.
+
+    `tr.tag(domain=[...])` labels the sequences opened by the next forward; each
+    value is a scalar or one entry per batch row, and decode steps keep their
+    prompt's labels. Untagged sequences get None.
+    """
+
+    def tag(self, **columns) -> None:
+        tracer = self.__dict__.get("_tracer")
+        if tracer is None:
+            raise TracingError("tag() only works inside the `with moelab.trace(...)` block that yielded this trace")
+        tracer.tag(**columns)
 
 
 class Tracer:
-    def __init__(self, model, *, path=None, logits=False, flush_tokens=65536, retain=None, meta=None):
+    def __init__(self, model, *, path=None, logits=False, flush_tokens=65536, retain=None, meta=None, append=False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"moelab.trace expects a torch nn.Module (a transformers model); got {type(model).__name__}")
         self.model = model
@@ -106,11 +117,15 @@ class Tracer:
                 f"path={str(path)!r}: streaming writes a folder of Parquet parts (one per flush), not one file. "
                 "Pass a folder name, e.g. path='runs/mytrace'; or trace in memory and call tr.save('x.parquet')."
             )
-        if self.path is not None and self.path.is_dir() and any(self.path.rglob("*.parquet")):
+        self._first_part = 0
+        if append and self.path is not None and self.path.is_dir():
+            names = [p.stem for p in self.path.glob("part-*.parquet")]
+            self._first_part = 1 + max((int(n.split("-")[1]) for n in names if n.split("-")[1].isdigit()), default=-1)
+        elif self.path is not None and self.path.is_dir() and any(self.path.rglob("*.parquet")):
             n = sum(1 for _ in self.path.rglob("*.parquet"))
             raise FileExistsError(
                 f"path={str(path)!r} already holds {n} trace file(s); a new run would be mixed with them on load. "
-                "Pass a new folder, or delete the old one first."
+                "Pass a new folder, delete the old one first, or pass append=True to add to it (a resumed run)."
             )
         if retain is False and self.path is None:
             raise ValueError("retain=False without path= would discard everything recorded; pass path= to stream "
@@ -123,72 +138,74 @@ class Tracer:
         self.stack = _decoder_stack(model)
         self._forward_sig = inspect.signature(type(self.stack).forward)
         self._slot = {id(r.module): i for i, r in enumerate(self.routers)}
-        self._handles: list = []
-        self._raw: list[dict] = []                        # per-forward host arrays not yet flushed
-        self._buffered = 0
         self._e_dtype = torch.from_numpy(np.zeros(0, expert_dtype(self.num_experts))).dtype
-        self._w_dtype = torch.float32 if self.logits else torch.float16
-        self._parts = 0
+        self._tracker = SequenceTracker()
+        self._cache_keys: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+        self._next_key = 0
+        self._cache_state: dict[int, Any] = {}            # cache key -> weakref to its first layer's keys tensor
         self._tags: dict[str, Any] = {}
-        self._seq_columns: dict[str, dict[int, Any]] = {}
-        self._next_seq = 0
-        self._group: dict | None = None                  # current generate group: seq ids, step, batch
-        self._fwd: dict | None = None                    # state of the forward in flight
-        self._finished: dict[int, np.ndarray] = {}       # per group (first seq id): rows that read EOS in decode
-        self._eos = _eos_ids(model)
-        self._run = uuid.uuid4().hex                     # parts of one run share it (see store.load_trace)
-        self.trace: RoutingTrace | None = None
+        self._fwd: dict | None = None                     # the forward in flight
+        self._hooks: HookSet | None = None
+        self._unwatch = lambda: None
+        self._generating: Stops | None = None             # generate's EOS/pad while a generate call runs
+        self._sink = None
+        self._run = os.urandom(16).hex()                  # parts of one run share it (see store.load_trace)
+        self._meta_cache: dict | None = None
+        self.trace: LiveTrace | None = None
 
     # ------------------------------------------------------------------ API
     def tag(self, **columns) -> None:
-        """Per-sequence columns for the sequences opened by the next forward.
-
-        Each value is a scalar (same for every row) or a sequence with one entry
-        per batch row. They become per-token columns of the trace; the decode
-        steps of a `generate` keep the labels of their prompt. Call again before
-        each batch; untagged sequences get None.
-        """
+        """Per-sequence columns for the sequences opened by the next forward (see `LiveTrace.tag`)."""
         self._tags = dict(columns)
 
     # ------------------------------------------------------- context manager
-    def __enter__(self) -> RoutingTrace:
+    def __enter__(self) -> LiveTrace:
         if self.model in _ACTIVE:
             raise TracingError(
                 f"{type(self.model).__name__} is already being traced; nested moelab.trace on one model is not "
                 "supported. Use the outer trace, or finish it before starting another."
             )
-        self.trace = self._records_to_trace([])  # the object the user holds; filled on exit
+        self.trace = LiveTrace(**_fields(self._to_trace([])))
+        self.trace.__dict__["_tracer"] = self
+        spec = SinkSpec(to_trace=self._to_trace)
+        if self.path is None:
+            self._sink = MemorySink(spec)
+        else:
+            from .store import write_trace
+
+            self._sink = PartsSink(spec, self.path, flush_tokens=self.flush_tokens, first_part=self._first_part,
+                                   write=lambda t, p: write_trace(t, p, shard=self._shard_id(), run=self._run))
         _ACTIVE.add(self.model)
+        self._hooks = HookSet()
         try:
+            self._unwatch = _watch_generate(self)
             for r in self.routers:
-                self._handles.append(r.module.register_forward_hook(self._router_hook))
-            self._handles.append(self.stack.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-            self._handles.append(self.stack.register_forward_hook(self._post_hook))
+                self._hooks.forward(r.name, r.module, self._router_hook)
+            self._hooks.forward_pre("stack.pre", self.stack, self._pre_hook, with_kwargs=True)
+            self._hooks.forward("stack.post", self.stack, self._post_hook)
         except BaseException:
-            self._remove_hooks()
+            self._hooks.close()
+            self._unwatch()
             _ACTIVE.discard(self.model)
             raise
         return self.trace
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            self._remove_hooks()
+            self._hooks.close()
+            self._unwatch()
         finally:
             self._fwd = None
             try:
                 self._finish()
             finally:
+                self.trace.__dict__.pop("_tracer", None)
                 _ACTIVE.discard(self.model)
         return False
 
-    def _remove_hooks(self):
-        while self._handles:
-            self._handles.pop().remove()
-
     # ----------------------------------------------------------------- hooks
     def _pre_hook(self, module, args, kwargs):
-        # transformers calls the decoder stack with keywords; bind positionals only when present
-        bound = self._forward_sig.bind_partial(module, *args, **kwargs).arguments if args else kwargs
+        bound = self._forward_sig.bind_partial(module, *args, **kwargs).arguments if args else dict(kwargs)
         extra = bound.get("kwargs") if isinstance(bound.get("kwargs"), dict) else {}
         get = lambda name: bound.get(name, extra.get(name))  # noqa: E731
         ids, embeds, mask = get("input_ids"), get("inputs_embeds"), get("attention_mask")
@@ -200,232 +217,298 @@ class Tracer:
         if B * S == 0:
             raise ValueError(f"moelab.trace: the forward got an empty batch (input shape {tuple(ref.shape)}); "
                              "pass at least one token")
-        if mask is not None and mask.dim() != 2:
-            mask = None  # a 4D custom mask: positions are then counted without padding information
-        if mask is not None:
+        mask4 = None
+        if mask is not None and (not torch.is_tensor(mask) or mask.dim() != 2):
+            # a 4D mask (static caches, custom masks): padding is read from the last query's row below
+            mask4, mask = (mask if torch.is_tensor(mask) and mask.dim() == 4 else None), None
+        cache = _find_cache([*bound.values(), *extra.values()])
+        cache_len = int(cache.get_seq_length()) if cache is not None else 0
+        if mask is not None and mask.shape[1] >= S:
             past = mask.shape[1] - S
+        elif cache is not None:
+            past = cache_len
         else:
-            cache = get("past_key_values")
-            past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
-            if past == 0 and get("cache_position") is not None:
-                past = int(get("cache_position")[0])
-        self._fwd = {"B": B, "S": S, "past": past, "ids": ids, "mask": mask, "layers": [None] * len(self.routers)}
+            pos = get("cache_position")
+            past = int(pos.reshape(-1)[0]) if torch.is_tensor(pos) and pos.numel() else 0
+        key = self._cache_key(cache)
+        if key is not None:
+            self._check_not_reordered(key, cache, cache_len)
+        tags, self._tags = self._tags, {}
+        a = self._tracker.assign(Feed(batch=B, length=S, past=past, cache=key), tags)
+        self._fwd = {"B": B, "S": S, "past": past, "ids": ids, "mask": mask, "mask4": mask4, "a": a,
+                     "stops": self._generating,
+                     "layers": [None] * len(self.routers)}
         return None
 
     def _router_hook(self, module, inputs, output):
         fwd = self._fwd
         if fwd is not None:
-            # output = (logits, weights, index); keep references only, no copy, no sync
-            fwd["layers"][self._slot[id(module)]] = output
+            fwd["layers"][self._slot[id(module)]] = output  # references only: no copy, no sync
         return None
 
     def _post_hook(self, module, args, output):
         fwd, self._fwd = self._fwd, None
         if fwd is None:
             return None
-        if any(x is None for x in fwd["layers"]):
-            missing = [self.routers[i].name for i, x in enumerate(fwd["layers"]) if x is None]
+        missing = [self.routers[i].name for i, x in enumerate(fwd["layers"]) if x is None]
+        if missing:
             raise TracingError(f"forward ran without routers {missing}; moelab cannot align this forward's records")
-        self._collect(fwd)
+        cache = _find_cache(output.values() if hasattr(output, "values") else
+                            (output if isinstance(output, tuple) else ()))
+        key = self._cache_key(cache)
+        self._tracker.bind(fwd["a"], key)
+        if key is not None:
+            self._cache_state[key] = _keys_ref(cache)
+        self._sink.put(self._collect(fwd))
         return None
 
     # ------------------------------------------------------------ gathering
     @torch.no_grad()
-    def _collect(self, fwd):
-        """Per forward: stack and compact on the device, one copy to the host, bookkeeping in Python.
-
-        The token-major reshaping and padding removal happen later, in `_materialise`,
-        off the forward's critical path.
-        """
-        B, S, past = fwd["B"], fwd["S"], fwd["past"]
-        layers = fwd["layers"]
-        dev = layers[0][2].device
-        index, weights = [o[2] for o in layers], [o[1] for o in layers]
+    def _collect(self, fwd) -> Raw:
+        """Stack and compact on the device, one copy to the host; token-major work happens in the sink."""
+        B, S, a = fwd["B"], fwd["S"], fwd["a"]
+        outs = [_read_router(self.routers[i], o, B * S) for i, o in enumerate(fwd["layers"])]
+        dev = outs[0][2].device
+        index, weights = [o[2] for o in outs], [o[1] for o in outs]
         if any(t.device != dev for t in index):  # layers spread over devices (accelerate device_map)
             index = [t.to(dev, non_blocking=True) for t in index]
             weights = [t.to(dev, non_blocking=True) for t in weights]
-        index = torch.stack(index)  # (layers, tokens, k), still on the device: no sync
-        if index.shape[1] != B * S:
-            raise TracingError(f"router saw {index.shape[1]} tokens but the forward has batch {B} x length {S}")
-        parts = {"experts": index.to(self._e_dtype), "weights": torch.stack(weights).to(self._w_dtype)}
+        parts = {"experts": torch.stack(index).to(self._e_dtype), "weights": torch.stack(weights).float()}
         if self.logits:
-            parts["logits"] = torch.stack([o[0].to(dev, non_blocking=True) for o in layers]).float()
+            parts["logits"] = torch.stack([o[0].to(dev, non_blocking=True) for o in outs]).float()
         mask = fwd["mask"]
         if mask is not None:
-            # positions count real tokens only: unpadded tokens before + running count now (on the device,
-            # so only (B, S) values cross to the host however long the cache is)
+            # positions count real tokens only: unpadded tokens before + running count now (on the device)
             mask = mask.to(dev)
             valid = mask[:, -S:].to(torch.int32)
-            parts["position"] = mask[:, :-S].sum(1, keepdim=True, dtype=torch.int32) + valid.cumsum(1, dtype=torch.int32) - 1
+            parts["position"] = (mask[:, :-S].sum(1, keepdim=True, dtype=torch.int32)
+                                 + valid.cumsum(1, dtype=torch.int32) - 1)
             parts["valid"] = valid.to(torch.uint8)
+            parts["pads"] = (mask == 0).sum(1, keepdim=True, dtype=torch.int32)
+        elif fwd["mask4"] is not None and fwd["mask4"].shape[-1] >= fwd["past"] + S:
+            # key j of this forward is real iff the last query may attend to it (causal + padding mask)
+            att = fwd["mask4"][:, 0, -1, fwd["past"]: fwd["past"] + S].to(dev)
+            parts["valid"] = (att if att.dtype == torch.bool else att == 0).to(torch.uint8)
         if fwd["ids"] is not None:
             parts["token_id"] = fwd["ids"].to(dev, copy=True)
         host = _to_host(parts)
+        return Raw(B=B, S=S, past=fwd["past"], seq0=a.seq0, step=a.step, decode=a.decode, group=a.group,
+                   stops=fwd["stops"], **host)
 
-        # Python-side bookkeeping: which sequences and generate step these rows are
-        # a forward continues the open group only if it extends that group's cache exactly
-        grp = self._group
-        if past == 0 or grp is None or grp["B"] != B or grp["end"] != past:
-            grp = self._group = {"B": B, "seq0": self._next_seq, "step": 0, "end": past + S}
-            self._next_seq += B
-            self._apply_tags(np.arange(grp["seq0"], grp["seq0"] + B))
-        else:
-            grp["step"] += 1
-            grp["end"] = past + S
-        host.update(B=B, S=S, past=past, seq0=grp["seq0"], step=grp["step"])
-        self._raw.append(host)
-        self._buffered += B * S
-        if self.path is not None and self._buffered >= self.flush_tokens:
-            self._flush()
+    def _cache_key(self, cache) -> int | None:
+        if cache is None:
+            return None
+        try:
+            key = self._cache_keys.get(cache)
+            if key is None:
+                self._next_key += 1
+                key = self._cache_keys[cache] = self._next_key
+                self._cache_state[key] = None
+            return key
+        except TypeError:  # not weak-referenceable: fall back to identity for this call only
+            return id(cache)
 
-    def _materialise(self, raw: dict) -> dict[str, np.ndarray]:
-        """One forward's host arrays -> token-major records without padding."""
-        B, S, past = raw["B"], raw["S"], raw["past"]
-        T = B * S
-        L = raw["experts"].shape[0]
-        if "valid" in raw:
-            position = raw["position"].reshape(T)
-            valid = raw["valid"].reshape(T).astype(bool)
-        else:
-            position, valid = np.tile(np.arange(past, past + S), B), None
-        if raw["step"] > 0 and self._eos and "token_id" in raw:
-            # generate keeps feeding finished rows (pad tokens, mask 1) until every row is done: a row
-            # that has read its EOS in a decode step reads only padding afterwards, so drop it
-            ids = raw["token_id"].reshape(B, S)
-            done = self._finished.setdefault(raw["seq0"], np.zeros(B, bool))
-            live = np.repeat(~done, S)
-            done |= np.isin(ids, self._eos).any(1)
-            valid = live if valid is None else valid & live
-
-        def tok(a):  # (L, T, x) -> (T', L, x)
-            a = a.reshape(L, T, -1).transpose(1, 0, 2)
-            return a[valid] if valid is not None else np.ascontiguousarray(a)
-
-        def keep(a):
-            return a[valid] if valid is not None else a
-
-        rec = {
-            "experts": tok(raw["experts"]),
-            "weights": tok(raw["weights"]),
-            "sequence": keep(np.repeat(np.arange(raw["seq0"], raw["seq0"] + B), S)),
-            "position": keep(position).astype(np.int64),
-            "token_id": keep(raw["token_id"].reshape(T).astype(np.int64)) if "token_id" in raw
-            else np.full(T if valid is None else int(valid.sum()), -1, np.int64),
-        }
-        rec["step"] = np.full(len(rec["sequence"]), raw["step"], np.int32)
-        if "logits" in raw:
-            rec["logits"] = tok(raw["logits"])
-        return rec
-
-    def _apply_tags(self, seq: np.ndarray):
-        tags, self._tags = self._tags, {}
-        for name, value in tags.items():
-            vals = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * len(seq)
-            if len(vals) != len(seq):
-                raise ValueError(f"tag {name!r} has {len(vals)} values but the batch has {len(seq)} rows")
-            self._seq_columns.setdefault(name, {}).update(zip(seq.tolist(), vals))
+    def _check_not_reordered(self, key: int, cache, cache_len: int) -> None:
+        """Beam search reorders cache rows between steps (index_select), which the records cannot follow."""
+        ref = self._cache_state.get(key)
+        if ref is None:
+            return
+        keys = _first_layer_keys(cache)
+        group = self._tracker.groups.get(key)
+        if keys is None or group is None or cache_len != group.end:
+            return  # a cropped or unfamiliar cache: a new group or a rewind, not a reorder
+        if ref() is not keys:
+            raise TracingError(
+                "the KV cache's rows were reordered between two forwards (beam search does this): moelab cannot "
+                "attribute the recorded tokens to the final sequences. Trace greedy or sampled generation "
+                "(num_beams=1), or trace the finished sequences with one plain forward."
+            )
 
     # ---------------------------------------------------------- assembling
-    def _records_to_trace(self, chunks) -> RoutingTrace:
+    def _to_trace(self, records: list[dict]) -> RoutingTrace:
         L, k = len(self.routers), self.top_k
-        if chunks:
-            cat = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+        if records:
+            cat = {key: np.concatenate([r[key] for r in records]) for key in records[0] if key != "columns"}
         else:
             cat = {
                 "experts": np.zeros((0, L, k), expert_dtype(self.num_experts)),
-                "weights": np.zeros((0, L, k), np.float32 if self.logits else np.float16),
+                "weights": np.zeros((0, L, k), np.float32),
                 "sequence": np.zeros(0, np.int64), "position": np.zeros(0, np.int64),
                 "token_id": np.zeros(0, np.int64), "step": np.zeros(0, np.int32),
             }
             if self.logits:
                 cat["logits"] = np.zeros((0, L, self.num_experts), np.float32)
-        columns = {}
-        for name, by_seq in self._seq_columns.items():
-            columns[name] = np.array([by_seq.get(s) for s in cat["sequence"].tolist()])
+        parts = [_Cols(len(r["sequence"]), r["columns"]) for r in records]
         return RoutingTrace(
             experts=cat["experts"], weights=cat["weights"], num_experts=self.num_experts,
             sequence=cat["sequence"], position=cat["position"], token_id=cat["token_id"], step=cat["step"],
             logits=cat.get("logits"), layer_ids=np.array([r.layer for r in self.routers]),
-            meta=self._meta(), columns=columns,
+            meta=self._meta(), columns=_union_columns(parts) if parts else {},
         )
 
-    def _flush(self):
-        if not self._raw:
-            return
-        t = self._records_to_trace([self._materialise(r) for r in self._raw])
-        self._raw, self._buffered = [], 0
-        write_trace(t, self.path / f"part-{self._parts:05d}.parquet", shard=self._shard_id(), run=self._run)
-        self._parts += 1
-
     def _finish(self):
+        sink, self._sink = self._sink, None
         if self.path is not None:
-            self._flush()
-            if self.retain and self._parts:
+            sink.close()
+            if self.retain and sink.parts:
                 from .store import load_trace
 
                 _fill(self.trace, load_trace(self.path))
             return
+        result = sink.close()
         if self.retain:
-            _fill(self.trace, self._records_to_trace([self._materialise(r) for r in self._raw]))
-        self._raw = []
+            _fill(self.trace, result)
 
     def _shard_id(self) -> str:
-        import os
-
         return str(os.environ.get("RANK", self.user_meta.get("shard", 0)))
 
     def _meta(self) -> dict:
-        if getattr(self, "_meta_cache", None) is None:
-            self._meta_cache = self._build_meta()
+        if self._meta_cache is None:
+            self._meta_cache = _build_meta(self)
         return dict(self._meta_cache)
 
-    def _build_meta(self) -> dict:
-        cfg = self.config
-        import transformers
 
-        meta = {
-            "model": getattr(cfg, "_name_or_path", "") or type(self.model).__name__,
-            "architecture": self.adapter.name,
-            "model_class": type(self.model).__name__,
-            "config": _jsonable_config(cfg),
-            "num_experts": self.num_experts,
-            "top_k": self.top_k,
-            "renormalised": self.adapter.is_renormalised(cfg),
-            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
-            "weights_recorded_as": "float32" if self.logits else "float16",
-            "tokenizer": _tokenizer_name(cfg),
-            "experts_implementation": getattr(cfg, "_experts_implementation", None),
-            "moelab_version": __version__,
-            "transformers_version": transformers.__version__,
-            "torch_version": torch.__version__,
-        }
-        meta.update(self.user_meta)
-        return meta
+class _Cols:
+    """A record's extra columns, shaped like a trace for `_union_columns`."""
+
+    def __init__(self, n: int, columns: dict):
+        self.num_tokens, self.columns = n, columns
+
+
+def _read_router(router, output, tokens: int):
+    """A router's return -> (logits, weights, index); a clear error when it is not what moelab reads."""
+    ok = (isinstance(output, tuple) and len(output) == 3 and all(torch.is_tensor(x) for x in output)
+          and not output[2].is_floating_point() and output[2].dim() == 2 and output[1].shape == output[2].shape
+          and output[2].shape[0] == tokens)
+    if not ok:
+        got = (f"a tuple of {[(type(x).__name__, tuple(getattr(x, 'shape', ())), str(getattr(x, 'dtype', '')))for x in output]}"
+               if isinstance(output, tuple) else type(output).__name__)
+        raise TracingError(
+            f"router {router.path!r} returned {got}; moelab reads (logits (tokens, E), weights (tokens, k), "
+            f"index (tokens, k) integer) for {tokens} tokens. This transformers version changed the router's return; "
+            "update the adapter in moelab/adapters.py. Nothing was recorded for this forward."
+        )
+    return output
+
+
+def _find_cache(values):
+    """The KV cache among a forward's arguments or outputs, by what it does (get_seq_length), not its name."""
+    for v in values:
+        if v is not None and not torch.is_tensor(v) and callable(getattr(v, "get_seq_length", None)):
+            return v
+    return None
+
+
+def _first_layer_keys(cache):
+    layers = getattr(cache, "layers", None)
+    try:
+        keys = getattr(layers[0], "keys", None) if layers else None
+    except (TypeError, IndexError, KeyError):
+        return None
+    return keys if torch.is_tensor(keys) else None
+
+
+def _keys_ref(cache):
+    keys = _first_layer_keys(cache)
+    return weakref.ref(keys) if keys is not None else None
+
+
+def _watch_generate(tracer: "Tracer"):
+    """While tracing, note `generate`'s EOS / pad ids (its arguments or generation config) and refuse beam search.
+
+    The wrapper passes every argument through unchanged and is removed on exit
+    (returns the function that removes it). It reads only public arguments.
+    """
+    model = tracer.model
+    if not callable(getattr(model, "generate", None)):
+        return lambda: None
+    original = model.generate
+    own = "generate" in model.__dict__
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        gc = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+        beams = kwargs.get("num_beams", getattr(gc, "num_beams", 1)) or 1
+        if int(beams) > 1:
+            raise TracingError(
+                f"generate(num_beams={beams}) under moelab.trace: beam search reorders the KV cache between steps, "
+                "so per-token records could not be attributed to the final sequences. Trace greedy or sampled "
+                "generation (num_beams=1), or trace the finished sequences with one plain forward."
+            )
+        eos = _ids(kwargs["eos_token_id"] if "eos_token_id" in kwargs else getattr(gc, "eos_token_id", None))
+        pad = _ids(kwargs["pad_token_id"] if "pad_token_id" in kwargs else getattr(gc, "pad_token_id", None))
+        outer, tracer._generating = tracer._generating, Stops(eos=eos, pad=pad or eos)  # generate pads with EOS
+        try:
+            return original(*args, **kwargs)
+        finally:
+            tracer._generating = outer
+
+    model.generate = generate
+
+    def unwatch():
+        if own:
+            model.generate = original
+        else:
+            model.__dict__.pop("generate", None)
+
+    return unwatch
+
+
+def _ids(v) -> frozenset:
+    if v is None:
+        return frozenset()
+    if torch.is_tensor(v):
+        v = v.reshape(-1).tolist()
+    return frozenset(int(e) for e in (v if isinstance(v, (list, tuple, set)) else [v]))
+
+
+def _fields(t: RoutingTrace) -> dict:
+    return {name: getattr(t, name) for name in _FIELDS}
+
+
+_FIELDS = ("experts", "weights", "num_experts", "sequence", "position", "token_id", "step", "logits",
+           "layer_ids", "meta", "columns")
 
 
 def _fill(target: RoutingTrace, source: RoutingTrace) -> None:
     """Copy `source`'s fields into the trace object the user already holds."""
-    for name in ("experts", "weights", "num_experts", "sequence", "position", "token_id", "step",
-                 "logits", "layer_ids", "meta", "columns"):
+    for name in _FIELDS:
         setattr(target, name, getattr(source, name))
 
 
-def _eos_ids(model) -> list[int]:
-    """EOS ids `generate` stops on (generation_config, else config), as a list."""
-    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        eos = getattr(cfg, "eos_token_id", None)
-        if eos is not None:
-            return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-    return []
+def _build_meta(tr: Tracer) -> dict:
+    import transformers
+
+    from . import __version__
+
+    cfg = tr.config
+    meta = {
+        "model": getattr(cfg, "_name_or_path", "") or type(tr.model).__name__,
+        "architecture": tr.adapter.name,
+        "model_class": type(tr.model).__name__,
+        "config": _jsonable_config(cfg),
+        "num_experts": tr.num_experts,
+        "top_k": tr.top_k,
+        "renormalised": tr.adapter.is_renormalised(cfg),
+        "dtype": str(next(tr.model.parameters()).dtype).replace("torch.", ""),
+        "weights_recorded_as": "float32 (exact)",
+        "tokenizer": _tokenizer_name(cfg),
+        "experts_implementation": getattr(cfg, "_experts_implementation", None),
+        "moelab_version": __version__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+    }
+    meta.update(tr.user_meta)
+    return meta
 
 
 def _tokenizer_name(cfg) -> str:
-    """Mixtral's SentencePiece for the embedded model; otherwise the model's own folder/id (HF convention)."""
+    """Mixtral's SentencePiece for the embedded models; otherwise the model's own folder/id (HF convention)."""
     name = getattr(cfg, "_name_or_path", "") or ""
     try:
         from .models import default_model_dir
 
-        if name and Path(name).resolve() == default_model_dir().resolve():
+        if name and Path(name).resolve().parent == default_model_dir().resolve().parent:
             return "mistral-common:tokenizer.model.v1"
     except Exception:  # pragma: no cover - odd paths
         pass
@@ -454,18 +537,15 @@ def _to_host(parts: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         flat.append(b)
         layout[name] = (offset, b.numel(), t.dtype, tuple(t.shape))
         offset += b.numel()
-    buf = torch.cat(flat).cpu().numpy() if len(flat) > 1 else flat[0].cpu().numpy()
-    out = {}
-    for name, (off, n, dtype, shape) in layout.items():
-        out[name] = buf[off: off + n].view(torch.empty(0, dtype=dtype).numpy().dtype).reshape(shape)
-    return out
+    buf = torch.cat(flat).cpu().numpy()
+    return {name: buf[off: off + n].view(torch.empty(0, dtype=dt).numpy().dtype).reshape(shape)
+            for name, (off, n, dt, shape) in layout.items()}
 
 
 def _jsonable_config(cfg) -> dict:
-    try:
-        d = cfg.to_dict()
-    except Exception:  # pragma: no cover - exotic configs
-        return {}
     import json
 
-    return json.loads(json.dumps(d, default=str))
+    try:
+        return json.loads(json.dumps(cfg.to_dict(), default=str))
+    except Exception:  # pragma: no cover - exotic configs
+        return {}

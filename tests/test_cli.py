@@ -67,3 +67,46 @@ def test_trace_without_input_is_a_clear_error(model_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "moelab.cli", "trace", "--model", str(model_dir), "--out",
                         str(tmp_path / "x")], capture_output=True, text=True, env=env)
     assert r.returncode != 0 and "nothing to trace" in r.stderr
+
+
+def test_a_run_cut_short_and_resumed_equals_an_uninterrupted_run_window_for_window(model_dir, tmp_path):
+    common = ["trace", "--model", str(model_dir), "--dtype", "float32", "--device", "cpu", "--corpus", "heldout",
+              "--domains", "fiction", "code", "--max-docs", "2", "--seq-len", "32", "--batch-size", "2",
+              "--flush-tokens", "1"]
+    _cli(*common, "--out", str(tmp_path / "whole"))
+    _cli(*common, "--out", str(tmp_path / "cut"))
+    parts = sorted((tmp_path / "cut").glob("part-*.parquet"))
+    assert len(parts) >= 4
+    for p in parts[len(parts) // 2:]:                 # what a kill leaves: the first parts, and a half-written one
+        p.unlink()
+    (tmp_path / "cut" / "part-99999.parquet.tmp").write_bytes(b"half")
+    r = _cli(*common, "--out", str(tmp_path / "cut"), "--resume")
+    assert f"{len(parts) // 2} of {len(parts)} batches already traced" in r.stdout
+    whole, resumed = moelab.load_trace(tmp_path / "whole"), moelab.load_trace(tmp_path / "cut")
+    assert resumed.num_tokens == whole.num_tokens
+
+    def windows(t):
+        key = np.lexsort((t.position, t.columns["offset"], t.columns["document"]))
+        return t.select(key)
+
+    a, b = windows(whole), windows(resumed)
+    for name in ("token_id", "position"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(a.experts, b.experts)
+    np.testing.assert_array_equal(a.weights, b.weights)
+
+
+def test_resuming_into_a_folder_written_with_other_settings_is_refused(model_dir, tmp_path):
+    common = ["trace", "--model", str(model_dir), "--dtype", "float32", "--device", "cpu", "--corpus", "heldout",
+              "--domains", "math", "--max-docs", "1", "--batch-size", "2", "--out", str(tmp_path / "o")]
+    _cli(*common, "--seq-len", "32")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-m", "moelab.cli", *common, "--seq-len", "64", "--resume"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode != 0 and "different settings" in r.stderr and "seq_len: 32 there, 64 now" in r.stderr
+
+
+def test_trace_prints_the_dtype_it_chose_and_why(model_dir, tmp_path):
+    r = _cli("trace", "--model", str(model_dir), "--device", "cpu", "--text", "hello world", "--out",
+             str(tmp_path / "o"))
+    assert "moelab: device=cpu dtype=" in r.stdout and ("native" in r.stdout or "bf16 matmul" in r.stdout)

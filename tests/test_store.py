@@ -36,21 +36,39 @@ def test_round_trip_keeps_every_array(tmp_path):
     assert u.meta["model"] == "synthetic" and u.num_experts == 8
 
 
-def test_renormalised_weights_store_k_minus_1_and_rebuild_the_last(tmp_path):
+def test_renormalised_top2_stores_one_weight_per_token_layer_and_rebuilds_rank_0(tmp_path):
     t = synthetic()
     t.save(tmp_path / "t.parquet")
-    schema_meta = pq.read_schema(tmp_path / "t.parquet").metadata[b"moelab"]
-    assert b'"drop_last"' in schema_meta
+    assert b'"code16_drop0"' in pq.read_schema(tmp_path / "t.parquet").metadata[b"moelab"]
+    assert pq.read_schema(tmp_path / "t.parquet").field("weights").type.list_size == t.num_layers * 1
     u = moelab.load_trace(tmp_path / "t.parquet")
-    np.testing.assert_array_equal(u.weights[..., 0], t.weights[..., 0])
-    np.testing.assert_allclose(u.weights[..., 1].astype(np.float32), t.weights[..., 1].astype(np.float32), atol=1e-3)
+    w = t.weights.astype(np.float32)
+    np.testing.assert_array_equal(u.weights[..., 1], w[..., 1])          # float16 values are kept exactly
+    assert np.all(np.abs(u.weights - w) <= w * 2.0 ** -11)               # rank 0 rebuilt within 2^-11 of itself
 
 
-def test_weights_that_do_not_sum_to_one_are_stored_exactly(tmp_path):
+def test_a_million_top2_weights_reload_within_one_fp16_step_of_their_own_size(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 1_000_000
+    gap = np.concatenate([rng.exponential(2.0, n // 2), rng.uniform(0, 40, n // 2)])   # tiny second weights too
+    w1 = (1 / (1 + np.exp(gap))).astype(np.float32)
+    w = np.stack([1 - w1, w1], -1).reshape(n // 4, 4, 2)                                # (tokens, layers, k)
+    assert w.min() < 1e-15
+    ex = np.broadcast_to(np.array([3, 5], np.uint8), w.shape)
+    t = RoutingTrace.from_arrays(ex, w, num_experts=8)
+    t.save(tmp_path / "w.parquet")
+    back = moelab.load_trace(tmp_path / "w.parquet").weights
+    fp16_step = 2.0 ** (np.floor(np.log2(w)) - 10)                                      # one fp16 ulp at w's size
+    assert np.all(np.abs(back - w) <= fp16_step), np.max(np.abs(back - w) / fp16_step)
+    assert np.all(back[..., 1] > 0)                                                     # nothing underflows to 0
+
+
+def test_weights_that_do_not_sum_to_one_are_stored_per_rank(tmp_path):
     t = synthetic(renormalise=False)
     t.save(tmp_path / "t.parquet")
+    assert b'"code16"' in pq.read_schema(tmp_path / "t.parquet").metadata[b"moelab"]
     u = moelab.load_trace(tmp_path / "t.parquet")
-    np.testing.assert_array_equal(u.weights, t.weights)
+    np.testing.assert_array_equal(u.weights, t.weights.astype(np.float32))  # float16 values fit code16 exactly
 
 
 def test_top2_of_8_costs_at_most_4_bytes_per_token_layer(tmp_path):
@@ -130,22 +148,42 @@ def test_a_killed_streaming_run_leaves_every_flushed_part_readable(tmp_path):
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert r.returncode == 9, r.stderr
-    t = moelab.load_trace(tmp_path / "run")
-    assert t.num_tokens == 50 and sorted(set(t.sequence.tolist())) == [0, 1, 2, 3, 4]
+    parts = sorted((tmp_path / "run").glob("*.parquet"))
+    assert parts, "the writer thread finished no part before the kill"
+    t = moelab.load_trace(tmp_path / "run")                 # every finished part loads; a half-written .tmp never
+    assert t.num_tokens == 10 * len(parts) and sorted(set(t.sequence.tolist())) == list(range(len(parts)))
 
 
-def test_top8_and_fp32_weights_round_trip_exactly(tmp_path):
+def test_top8_weights_round_trip_and_logits_traces_keep_fp32_weights_bit_exact(tmp_path):
     rng = np.random.default_rng(0)
     ex = np.stack([rng.permutation(64)[:8] for _ in range(300 * 2)]).reshape(300, 2, 8)
-    w = rng.dirichlet(np.ones(8), size=(300, 2))
-    for dtype in (np.float16, np.float32):
-        t = RoutingTrace.from_arrays(ex, w.astype(dtype), num_experts=64)
-        t.save(tmp_path / "t.parquet")
-        np.testing.assert_array_equal(moelab.load_trace(tmp_path / "t.parquet").weights, t.weights)
-    t2 = synthetic(T=200).select(slice(None))
-    t2.weights = t2.weights.astype(np.float32)  # fp32 top-2 (logits=True) stays bit-exact too
+    w = rng.dirichlet(np.ones(8), size=(300, 2)).astype(np.float32)
+    t = RoutingTrace.from_arrays(ex, w, num_experts=64)
+    t.save(tmp_path / "t.parquet")
+    back = moelab.load_trace(tmp_path / "t.parquet").weights
+    assert np.all(np.abs(back - w) <= w * 2.0 ** -11)
+    t2 = synthetic(T=200, logits=True).select(slice(None))
+    t2.weights = t2.weights.astype(np.float32) + np.float32(1e-7)  # fp32 weights of a logits=True trace
     t2.save(tmp_path / "t2.parquet")
     np.testing.assert_array_equal(moelab.load_trace(tmp_path / "t2.parquet").weights, t2.weights)
+
+
+def test_format_1_files_written_by_moelab_0_1_still_load(tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    t = synthetic(T=50)
+    table = t.to_arrow()
+    meta = json.loads(table.schema.metadata[b"moelab"])
+    w16 = t.weights[..., :1].astype(np.float16)                     # format 1: float16 rank 0, drop_last
+    table = table.set_column(table.column_names.index("weights"), "weights",
+                             pa.FixedSizeListArray.from_arrays(pa.array(w16.reshape(-1)), t.num_layers))
+    meta.update(format_version=1, weights_layout="drop_last")
+    pq.write_table(table.replace_schema_metadata({b"moelab": json.dumps(meta).encode()}), tmp_path / "v1.parquet")
+    u = moelab.load_trace(tmp_path / "v1.parquet")
+    np.testing.assert_array_equal(u.weights[..., 0], w16[..., 0])
+    np.testing.assert_allclose(u.weights.sum(-1).astype(np.float32), 1, atol=1e-3)
 
 
 def test_separately_saved_files_in_one_folder_keep_distinct_sequences(tmp_path):

@@ -87,13 +87,16 @@ def test_recorded_choices_equal_the_routers_returned_triple(arch):
         np.testing.assert_array_equal(tr.logits[:, layer], logits.float().numpy())
 
 
-def test_default_weights_are_fp16_rounding_of_what_the_model_used(mixtral, ids):
-    triples = _router_triples(mixtral, ids)
-    with moelab.trace(mixtral) as tr:
-        run(mixtral, ids)
-    assert tr.weights.dtype == np.float16 and tr.experts.dtype == np.uint8
-    for layer, (_, weights, _) in enumerate(triples):
-        np.testing.assert_array_equal(tr.weights[:, layer], weights.half().numpy())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_weights_are_recorded_exactly_as_the_model_used_them(dtype, ids):
+    model = tiny_mixtral().to(dtype)
+    triples = _router_triples(model, ids)
+    with moelab.trace(model) as tr:
+        run(model, ids)
+    assert tr.weights.dtype == np.float32 and tr.experts.dtype == np.uint8
+    for layer, (_, weights, index) in enumerate(triples):
+        np.testing.assert_array_equal(tr.weights[:, layer], weights.float().numpy())   # float32 holds every value
+        np.testing.assert_array_equal(tr.experts[:, layer], index.numpy())
 
 
 def test_choices_equal_topk_of_output_router_logits_with_renormalisation(mixtral, ids):
@@ -296,3 +299,96 @@ def test_continuing_a_cache_keeps_the_sequence_and_counts_steps(mixtral):
     assert tr.sequence.tolist() == [0] * 8 + [1] * 2
     assert tr.position.tolist() == list(range(8)) + [0, 1]
     assert tr.step.tolist() == [0] * 5 + [1] * 3 + [0, 0]
+
+
+# ------------------------------------------------------------------ streaming that survives real use
+def test_a_tag_that_starts_after_a_flush_loads_as_one_trace_with_nulls(mixtral, ids, tmp_path):
+    with moelab.trace(mixtral, path=tmp_path / "run", flush_tokens=18) as tr:
+        run(mixtral, ids)                      # flushed before any tag exists
+        tr.tag(domain=["code", "math"])
+        run(mixtral, ids)
+        run(mixtral, ids)                      # untagged again
+    assert len(list((tmp_path / "run").glob("*.parquet"))) == 3
+    loaded = moelab.load_trace(tmp_path / "run")
+    for t in (tr, loaded):
+        assert t.columns["domain"].tolist() == [None] * 18 + ["code"] * 9 + ["math"] * 9 + [None] * 18
+
+
+def test_loading_a_folder_another_process_is_writing_returns_every_finished_part(mixtral, ids, tmp_path):
+    folder = tmp_path / "live"
+    with moelab.trace(mixtral, path=folder, flush_tokens=18, retain=False) as tr:
+        run(mixtral, ids)
+        run(mixtral, ids)
+        tr.tag(domain="x")
+        (folder / "part-99999.parquet.tmp").write_bytes(b"half a part")   # a part being written right now
+        import time
+
+        deadline = time.time() + 30
+        while len(list(folder.glob("*.parquet"))) < 2 and time.time() < deadline:
+            time.sleep(0.01)                                            # the writer thread runs behind
+        mid = moelab.load_trace(folder)
+        assert mid.num_tokens == 36 and sorted(set(mid.sequence.tolist())) == [0, 1, 2, 3]
+
+
+def test_a_writer_failure_is_raised_and_the_hooks_are_still_removed(mixtral, ids, tmp_path, monkeypatch):
+    import moelab.store
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(moelab.store, "write_trace", broken)
+    before = hook_state(mixtral)
+    with pytest.raises(RuntimeError, match="could not write a part.*disk full"):
+        with moelab.trace(mixtral, path=tmp_path / "run", flush_tokens=1):
+            run(mixtral, ids)
+    assert hook_state(mixtral) == before
+
+
+def test_a_cache_reordered_between_forwards_is_refused(mixtral, ids):
+    with torch.no_grad(), moelab.trace(mixtral):
+        out = mixtral(ids, use_cache=True)
+        cache = next(v for v in out.values() if hasattr(v, "get_seq_length"))
+        cache.reorder_cache(torch.tensor([1, 0]))                      # what beam search does between steps
+        with pytest.raises(TracingError, match="reordered"):
+            mixtral(ids[:, :1], cache=cache, use_cache=True)
+
+
+# ------------------------------------------------------------------ contracts the README states
+def test_meta_records_versions_dtype_and_user_fields(mixtral, ids):
+    import transformers
+
+    with moelab.trace(mixtral, meta={"corpus": "heldout"}) as tr:
+        run(mixtral, ids)
+    m = tr.meta
+    assert m["corpus"] == "heldout" and m["transformers_version"] == transformers.__version__
+    assert m["torch_version"] == torch.__version__ and m["dtype"] == "float32" and m["architecture"] == "mixtral"
+    assert (m["num_experts"], m["top_k"]) == (8, 2)
+
+
+def test_to_pandas_and_to_arrow_column_contract(mixtral, ids):
+    with moelab.trace(mixtral) as tr:
+        tr.tag(domain="code")
+        run(mixtral, ids)
+    df = tr.to_pandas()
+    assert list(df.columns) == ["sequence", "position", "token_id", "step", "layer", "rank", "expert", "weight",
+                                "domain"]
+    assert len(df) == tr.num_tokens * tr.num_layers * tr.top_k
+    row = df.iloc[tr.num_layers * tr.top_k + 3]                     # token 1, layer 1, rank 1
+    assert (row.expert, row.layer, row["rank"]) == (tr.experts[1, 1, 1], tr.layer_ids[1], 1)
+    assert row.weight == pytest.approx(float(tr.weights[1, 1, 1]))
+    table = tr.to_arrow()
+    assert table.column_names == ["sequence", "position", "token_id", "step", "experts", "weights", "domain"]
+    assert table.num_rows == tr.num_tokens
+
+
+def test_load_trace_columns_reads_only_what_is_asked(mixtral, ids, tmp_path):
+    with moelab.trace(mixtral, logits=True) as tr:
+        tr.tag(domain="code")
+        run(mixtral, ids)
+    tr.save(tmp_path / "t.parquet")
+    slim = moelab.load_trace(tmp_path / "t.parquet", columns=["experts"])
+    assert slim.weights is None and slim.logits is None and slim.columns == {}
+    np.testing.assert_array_equal(slim.experts, tr.experts)
+    full = moelab.load_trace(tmp_path / "t.parquet", columns=["weights", "domain"])
+    np.testing.assert_array_equal(full.weights, tr.weights)         # logits=True traces keep fp32 weights exactly
+    assert full.logits is None and full.columns["domain"].tolist() == ["code"] * tr.num_tokens
