@@ -1,22 +1,29 @@
 # moelab: two commands do everything on a fresh machine (see README.md)
 #   make figures   install, then run every notebook on the embedded model and refresh figures/
-#   make test      install, then run the whole test suite (notebooks included)
+#   make test      install, then run the whole test suite (notebooks included) and the version checks
+#
+# Installs are pinned by requirements/lock.txt (the versions CI tested); `make lock` refreshes it.
+# `make test-latest` checks the tracer and store against the newest versions pyproject allows,
+# `make test-oldest` against the oldest transformers it allows; `make test` runs both.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements/lock.txt
 # A CPU build of torch on machines without a GPU (this pin is served from local disk here);
 # on a CUDA machine use e.g. `make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" ...`
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.moelab-installed
+OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+CORE_TESTS := tests/test_tracking.py tests/test_feeding.py tests/test_tracer.py tests/test_store.py tests/test_codec.py
 
-.PHONY: install figures test bench clean
+.PHONY: install figures test test-fast test-suite test-latest test-oldest bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (moelab)" >/dev/null
 	touch $(STAMP)
 
@@ -25,13 +32,34 @@ install: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/moelab figures
 
-test: $(STAMP)
+test: test-suite test-oldest test-latest
+
+test-suite: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)     # the inner loop: everything but notebooks, subprocess runs and browsers (< 1 min)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-oldest: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps --target .compat/transformers-$(OLDEST_TRANSFORMERS) \
+		"transformers==$(OLDEST_TRANSFORMERS)"
+	PYTHONPATH=.compat/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
+
+test-latest:
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q $(TORCH)
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e . pytest
+	.venv-latest/bin/python -c "import transformers, torch; print('newest allowed: transformers', transformers.__version__, 'torch', torch.__version__)"
+	.venv-latest/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_tracer.py --out bench/results/tracer_cpu.json
+	$(BIN)/python bench/bench_streaming.py
 	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_moe_vs_dense.py --out bench/results/moe_vs_dense_cpu.csv
 
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > $(LOCK)
+
 clean:
-	rm -rf $(VENV) .pytest_cache notebooks/*.ipynb
+	rm -rf $(VENV) .venv-latest .compat .pytest_cache notebooks/*.ipynb

@@ -1,6 +1,6 @@
 """Tracing overhead: traced / plain forward time, measured in one run with interleaved repeats.
 
-    $ .venv/bin/python bench/bench_tracer.py                       # CPU, bf16 and fp32 (~5 min)
+    $ .venv/bin/python bench/bench_tracer.py --out bench/results/tracer_cpu.json   # CPU (~6-10 min)
     $ .venv/bin/python bench/bench_tracer.py --device cuda --dtypes float16 --full-size-layers 4   # on a GPU
 
 Model: a random-init Mixtral of the issue's mid-size config (hidden 512,
@@ -23,11 +23,17 @@ round-robin so drift hits them equally:
 
 Printed: median ms per variant and the ratio variant / plain (target for
 moelab: prefill <= 1.02, decode <= 1.03 at batch 1 and <= 1.02 at batch 16).
+dtypes: fp32, plus bf16 only where the CPU runs it natively (`moelab.device`);
+repeats shrink to fit `--budget-s`, and the output says when they did.
+Then corpus-tracing throughput on the embedded model: `moelab trace` (the
+decoder stack traced, no LM head) against the decoder stack alone (target
+>= 0.9x) and the full model with its LM head.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 
@@ -37,6 +43,10 @@ from transformers import MixtralConfig, MixtralForCausalLM
 
 import moelab
 from moelab.bench import environment
+
+
+# the decoder's cache keyword: `cache` from transformers 5.24, `past_key_values` before
+CACHE_KW = "cache" if "cache" in inspect.signature(MixtralForCausalLM.forward).parameters else "past_key_values"
 
 
 def build(hidden, inter, layers, heads, kv_heads, dtype, device, impl):
@@ -81,10 +91,11 @@ def workloads(model, device):
     for b in (1, 16):
         prompt = torch.randint(3, 32000, (b, 256), generator=g).to(device)
         with torch.no_grad():
-            cache = model(input_ids=prompt, use_cache=True).past_key_values
+            out = model(input_ids=prompt, use_cache=True)
+            cache = next(v for v in out.values() if hasattr(v, "get_seq_length"))
         step = torch.randint(3, 32000, (b, 1), generator=g).to(device)
         mask = torch.ones(b, 257, dtype=torch.long, device=device)   # as generate passes it
-        out[f"decode_b{b}_kv256"] = (dict(input_ids=step, attention_mask=mask, past_key_values=cache,
+        out[f"decode_b{b}_kv256"] = (dict(input_ids=step, attention_mask=mask, **{CACHE_KW: cache},
                                           use_cache=True), cache)
     return out
 
@@ -137,14 +148,23 @@ def measure(model, inputs, cache, repeats, warmup, device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    p.add_argument("--dtypes", nargs="+", default=None,
+                   help="default: float32 plus bfloat16 where this CPU runs it natively (moelab.device)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--impl", default="grouped_mm", help="experts implementation (eager | grouped_mm | batched_mm)")
     p.add_argument("--repeats", type=int, default=None, help="default: 20 prefill / 60 decode")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--full-size-layers", type=int, default=0, help="Mixtral 8x7B layer dims with N layers")
     p.add_argument("--out", default=None, help="write results JSON here")
+    p.add_argument("--budget-s", type=float, default=90.0,
+                   help="wall-time budget per (dtype, workload): repeats are scaled down to fit, and it says so")
+    p.add_argument("--corpus-tokens", type=int, default=16384,
+                   help="embedded-model corpus tracing throughput on this many held-out tokens (0: skip)")
     a = p.parse_args(argv)
+    if a.dtypes is None:
+        from moelab.device import cpu_default_dtype
+
+        a.dtypes = ["float32"] if a.device != "cpu" or cpu_default_dtype()[0] == "float32" else ["bfloat16", "float32"]
     dims = (4096, 14336, a.full_size_layers, 32, 8) if a.full_size_layers else (512, 1792, 8, 8, 8)
     results = []
     print(json.dumps(environment(a.device, ",".join(a.dtypes))))
@@ -155,6 +175,13 @@ def main(argv=None):
         model = build(*dims, getattr(torch, dt), a.device, a.impl)
         for wname, (inputs, cache) in workloads(model, a.device).items():
             reps = a.repeats or (20 if wname.startswith("prefill") else 60)
+            one = measure(model, inputs, cache, 1, 1, a.device)               # one round: all five variants
+            per_round = sum(v[0] for v in one.values())
+            fit = max(5, int(a.budget_s / max(per_round, 1e-9)) - a.warmup)
+            if fit < reps:
+                print(f"  ({wname}: {per_round:.2f} s per round of 5 variants; {reps} repeats scaled down to {fit} "
+                      f"to fit --budget-s {a.budget_s:.0f})", flush=True)
+                reps = fit
             times = measure(model, inputs, cache, reps, a.warmup, a.device)
             med = {k: float(np.median(v)) for k, v in times.items()}
             ratio = {k: med[k] / med["plain"] for k in med}
@@ -164,9 +191,55 @@ def main(argv=None):
                   f"{ratio['moelab_block']:7.3f} {ratio['router_logits']:10.3f} {ratio['naive_hook']:7.3f}",
                   flush=True)
         del model
+    corpus = corpus_throughput(a.corpus_tokens, a.dtypes[0], a.device) if a.corpus_tokens else None
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"env": environment(a.device, ",".join(a.dtypes)), "dims": dims, "results": results}, f, indent=2)
+            json.dump({"env": environment(a.device, ",".join(a.dtypes)), "dims": dims, "results": results,
+                       "corpus": corpus}, f, indent=2)
+
+
+def corpus_throughput(tokens: int, dtype: str, device: str) -> dict:
+    """Tokens/s on the embedded model over held-out windows (seq 256, batch 8): decoder stack alone,
+    `moelab.corpus.trace_corpus` (the stack traced, what `moelab trace` runs), and the full model with
+    its LM head (what tracing cost before the head was skipped). Interleaved, 3 rounds, best of each."""
+    from moelab.corpus import batches_of, documents_to_texts, pad_right, trace_corpus, windows
+    from moelab.tracer import _decoder_stack
+
+    model, tok = moelab.load_model(dtype=getattr(torch, dtype))
+    model.to(device)
+    docs = moelab.data.load_documents("heldout")
+    wins, n = [], 0
+    for w in windows(documents_to_texts(docs), tok, 256):
+        if n >= tokens:
+            break
+        wins.append(w)
+        n += len(w.ids)
+    batches = batches_of(wins, 8)
+    stack = _decoder_stack(model)
+
+    def plain(run):
+        with torch.no_grad():
+            for b in batches:
+                ids, mask, _ = pad_right(b, 0)
+                run(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+
+    variants = {
+        "decoder_stack": lambda: plain(stack),
+        "moelab_trace": lambda: trace_corpus(model, tok, [], batches=batches, progress=False),
+        "full_model_with_lm_head": lambda: plain(model),
+    }
+    best = {k: float("inf") for k in variants}
+    for _ in range(3):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    tps = {k: n / v for k, v in best.items()}
+    print(f"embedded model, {n} held-out tokens, {dtype}: tokens/s  decoder stack {tps['decoder_stack']:.0f} | "
+          f"moelab trace {tps['moelab_trace']:.0f} ({tps['moelab_trace'] / tps['decoder_stack']:.3f}x the stack) | "
+          f"full model with LM head {tps['full_model_with_lm_head']:.0f}", flush=True)
+    return {"tokens": n, "dtype": dtype, "tokens_per_s": tps,
+            "trace_vs_stack": tps["moelab_trace"] / tps["decoder_stack"]}
 
 
 if __name__ == "__main__":

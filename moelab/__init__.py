@@ -4,9 +4,10 @@
     >>> model, tok = moelab.load_model()                      # the embedded small Mixtral
     >>> with moelab.trace(model) as tr:                       # hooks every router
     ...     _ = model(**tok("The quick brown fox", return_tensors="pt"))
-    >>> tr.experts.shape                                      # (tokens, layers, k)
-    (5, 4, 2)
-    >>> moelab.metrics.balance(tr)                            # one row per layer
+    >>> tr.experts.shape                                      # (tokens, layers, k): BOS + 5 pieces
+    (6, 4, 2)
+    >>> len(moelab.metrics.balance(tr))                       # one row per layer
+    4
 
 The analysis layer (`RoutingTrace`, `load_trace`, `metrics`, `plots`,
 `compute`) imports no model code; `trace`, `load_model` and the tokenizer

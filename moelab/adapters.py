@@ -10,8 +10,10 @@ transformers 5.x every supported router returns the triple
 so an adapter only says where the routers are (their class), how many experts
 and choices the config declares, and whether the weights are renormalised.
 
+    >>> import moelab
     >>> from moelab.adapters import find_routers
-    >>> routers = find_routers(model)          # doctest: +SKIP
+    >>> model, _ = moelab.load_model(tokenizer=False)
+    >>> routers = find_routers(model)
     >>> [(r.name, r.layer) for r in routers][:2]
     [('layers.0.router', 0), ('layers.1.router', 1)]
 

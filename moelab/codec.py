@@ -23,9 +23,9 @@ Layouts (the file's `weights_layout`):
 * `code16`: every rank as code16, when weights are in [0, 2) but not renormalised.
 * `float32`: bit-exact, when asked for (`logits=True` traces) or when a weight is
   negative, non-finite or >= 2 (e.g. a routed scaling factor).
-Guarantee: every reloaded weight w' satisfies |w' - w| <= 2^-11 |w| (half an
-fp16 step is 2^-12: the bound leaves room for the rebuild's float32
-arithmetic), except weights below 2^-63 (~1e-19), stored as 0.
+Guarantee: every reloaded weight w' satisfies |w' - w| <= 2^-11 |w|, i.e. at
+most half an fp16 step (rounding to 11 significant bits; the rebuilt rank 0 is
+checked against the same bound), except weights below 2^-63 (~1e-19), stored as 0.
 """
 
 from __future__ import annotations

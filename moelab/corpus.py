@@ -5,7 +5,7 @@
     >>> model, tok = moelab.load_model(dtype=torch.float32)
     >>> docs = {"code": ["def f(x):\\n    return x"], "fiction": ["Once upon a time"]}
     >>> tr = trace_corpus(model, tok, docs, seq_len=64, progress=False)
-    >>> sorted(set(tr.columns["domain"]))
+    >>> sorted(set(tr.columns["domain"].tolist()))
     ['code', 'fiction']
 
 The one corpus loop of moelab: `moelab trace`, the notebooks and the model card

@@ -215,8 +215,10 @@ def _table_to_trace(table: pa.Table, meta: dict, path: Path) -> RoutingTrace:
 def load_trace(path, *, columns: list[str] | None = None) -> RoutingTrace:
     """Read a trace file, or the union of every trace file in a folder.
 
-        >>> tr = moelab.load_trace("runs/wiki")          # doctest: +SKIP
-        >>> tr.experts.shape                             # (tokens, layers, k)
+        >>> import numpy as np, moelab
+        >>> moelab.RoutingTrace.from_arrays(np.zeros((3, 2, 2), int) + [0, 1], num_experts=8).save("/tmp/w.parquet")
+        >>> moelab.load_trace("/tmp/w.parquet").experts.shape      # (tokens, layers, k)
+        (3, 2, 2)
 
     `columns` limits what is read (e.g. `["experts"]` skips weights and logits);
     token metadata and experts are always read.

@@ -68,9 +68,11 @@ def trace(model: nn.Module, *, path=None, logits: bool = False, flush_tokens: in
           retain: bool | None = None, meta: dict | None = None, append: bool = False) -> "Tracer":
     """Context manager that records routing; yields a RoutingTrace (with `.tag()`) filled on exit.
 
-        >>> with moelab.trace(model) as tr:                  # doctest: +SKIP
-        ...     model(**tok("Hello world", return_tensors="pt"))
-        >>> tr.experts.shape                                 # (tokens, layers, k)
+        >>> import moelab
+        >>> model, tok = moelab.load_model()
+        >>> with moelab.trace(model) as tr:
+        ...     _ = model(**tok("Hello world", return_tensors="pt"))
+        >>> tr.experts.shape                                 # (tokens, layers, k): BOS + 2 pieces
         (3, 4, 2)
 
     path          folder to stream Parquet parts into (bounded memory); None keeps all in RAM
@@ -221,22 +223,17 @@ class Tracer:
         if mask is not None and (not torch.is_tensor(mask) or mask.dim() != 2):
             # a 4D mask (static caches, custom masks): padding is read from the last query's row below
             mask4, mask = (mask if torch.is_tensor(mask) and mask.dim() == 4 else None), None
-        cache = _find_cache([*bound.values(), *extra.values()])
+        cache = _find_cache(bound.values()) or _find_cache(extra.values())
         cache_len = int(cache.get_seq_length()) if cache is not None else 0
-        if mask is not None and mask.shape[1] >= S:
-            past = mask.shape[1] - S
-        elif cache is not None:
-            past = cache_len
-        else:
-            pos = get("cache_position")
-            past = int(pos.reshape(-1)[0]) if torch.is_tensor(pos) and pos.numel() else 0
+        past_mask = mask.shape[1] - S if mask is not None and mask.shape[1] >= S else None
+        pos = get("cache_position")
+        past_pos = int(pos.reshape(-1)[0]) if torch.is_tensor(pos) and pos.numel() else 0
         key = self._cache_key(cache)
-        if key is not None:
-            self._check_not_reordered(key, cache, cache_len)
+        reordered = key is not None and self._reordered(key, cache, cache_len)
         tags, self._tags = self._tags, {}
-        a = self._tracker.assign(Feed(batch=B, length=S, past=past, cache=key), tags)
-        self._fwd = {"B": B, "S": S, "past": past, "ids": ids, "mask": mask, "mask4": mask4, "a": a,
-                     "stops": self._generating,
+        self._fwd = {"B": B, "S": S, "ids": ids, "mask": mask, "mask4": mask4, "stops": self._generating,
+                     "cache": cache, "key": key, "cache_len": cache_len, "past_mask": past_mask,
+                     "past_pos": past_pos, "reordered": reordered, "tags": tags,
                      "layers": [None] * len(self.routers)}
         return None
 
@@ -253,12 +250,28 @@ class Tracer:
         missing = [self.routers[i].name for i, x in enumerate(fwd["layers"]) if x is None]
         if missing:
             raise TracingError(f"forward ran without routers {missing}; moelab cannot align this forward's records")
-        cache = _find_cache(output.values() if hasattr(output, "values") else
-                            (output if isinstance(output, tuple) else ()))
-        key = self._cache_key(cache)
+        out_cache = _find_cache(output.values() if hasattr(output, "values") else
+                                (output if isinstance(output, tuple) else ()))
+        # the forward continued its input cache only if it returned that same object (a cache passed under a
+        # keyword this transformers version ignores is not continued, and neither is it here)
+        used = fwd["cache"] is not None and out_cache is fwd["cache"]
+        if used and fwd["reordered"]:
+            raise TracingError(
+                "the KV cache's rows were reordered between two forwards (beam search does this): moelab cannot "
+                "attribute the recorded tokens to the final sequences. Trace greedy or sampled generation "
+                "(num_beams=1), or trace the finished sequences with one plain forward."
+            )
+        if fwd["past_mask"] is not None:
+            past = fwd["past_mask"]
+        else:
+            past = fwd["cache_len"] if used else fwd["past_pos"]
+        fwd["past"] = past
+        fwd["a"] = self._tracker.assign(Feed(batch=fwd["B"], length=fwd["S"], past=past,
+                                             cache=fwd["key"] if used else None), fwd["tags"])
+        key = self._cache_key(out_cache)
         self._tracker.bind(fwd["a"], key)
         if key is not None:
-            self._cache_state[key] = _keys_ref(cache)
+            self._cache_state[key] = _keys_ref(out_cache)
         self._sink.put(self._collect(fwd))
         return None
 
@@ -308,21 +321,14 @@ class Tracer:
         except TypeError:  # not weak-referenceable: fall back to identity for this call only
             return id(cache)
 
-    def _check_not_reordered(self, key: int, cache, cache_len: int) -> None:
-        """Beam search reorders cache rows between steps (index_select), which the records cannot follow."""
+    def _reordered(self, key: int, cache, cache_len: int) -> bool:
+        """Were the cache's rows replaced since we last saw it, at the same length? (beam search's index_select)"""
         ref = self._cache_state.get(key)
-        if ref is None:
-            return
-        keys = _first_layer_keys(cache)
         group = self._tracker.groups.get(key)
-        if keys is None or group is None or cache_len != group.end:
-            return  # a cropped or unfamiliar cache: a new group or a rewind, not a reorder
-        if ref() is not keys:
-            raise TracingError(
-                "the KV cache's rows were reordered between two forwards (beam search does this): moelab cannot "
-                "attribute the recorded tokens to the final sequences. Trace greedy or sampled generation "
-                "(num_beams=1), or trace the finished sequences with one plain forward."
-            )
+        keys = _first_layer_keys(cache)
+        if ref is None or keys is None or group is None or cache_len != group.end:
+            return False  # unfamiliar, cropped or rewound caches are not reorders
+        return ref() is not keys
 
     # ---------------------------------------------------------- assembling
     def _to_trace(self, records: list[dict]) -> RoutingTrace:

@@ -55,3 +55,18 @@ def mixtral():
 def ids():
     torch.manual_seed(1)
     return torch.randint(3, VOCAB, (2, 9))
+
+
+def _cache_keyword():
+    import inspect
+
+    params = inspect.signature(MixtralForCausalLM.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+CACHE_KW = _cache_keyword()   # transformers >= 5.24 calls it `cache`; the tests feed whichever this version reads
+
+
+def cache_of(out):
+    """The cache an output carries, whatever the field is called in this transformers version."""
+    return next(v for v in out.values() if hasattr(v, "get_seq_length"))

@@ -9,7 +9,7 @@ none duplicated, no padding, no filler.
 import numpy as np
 import pytest
 import torch
-from conftest import VOCAB, tiny_mixtral
+from conftest import CACHE_KW, VOCAB, cache_of, tiny_mixtral
 
 import moelab
 from moelab.tracer import TracingError
@@ -20,11 +20,6 @@ EOS, PAD = 2, 0
 @pytest.fixture(scope="module")
 def model():
     return tiny_mixtral()
-
-
-def cache_of(out):
-    """The cache an output carries, whatever the field is called in this transformers version."""
-    return next(v for v in out.values() if hasattr(v, "get_seq_length"))
 
 
 def fresh(model, token_ids) -> moelab.RoutingTrace:
@@ -151,10 +146,10 @@ def test_chunked_prefill_with_an_eos_inside_a_chunk_loses_nothing(model):
         cache = None
         for start in (0, 4, 8):
             mask = torch.ones(1, start + 4, dtype=torch.long)               # the mask covers cache + chunk
-            out = model(row[None, start:start + 4], attention_mask=mask, cache=cache, use_cache=True)
+            out = model(row[None, start:start + 4], attention_mask=mask, **{CACHE_KW: cache}, use_cache=True)
             cache = cache_of(out)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        model(nxt, attention_mask=torch.ones(1, 13, dtype=torch.long), cache=cache, use_cache=True)
+        model(nxt, attention_mask=torch.ones(1, 13, dtype=torch.long), **{CACHE_KW: cache}, use_cache=True)
     assert_exact(model, tr, {0: row.tolist() + nxt[0].tolist()})
     assert tr.step.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3]
 
@@ -164,8 +159,8 @@ def test_two_caches_interleaved_keep_their_own_sequences(model):
     with torch.no_grad(), moelab.trace(model) as tr:
         ca = cache_of(model(a[None, :3], use_cache=True))
         cb = cache_of(model(b[None, :2], use_cache=True))
-        model(a[None, 3:], cache=ca, use_cache=True)
-        model(b[None, 2:], past_key_values=cb, use_cache=True)             # the deprecated keyword works too
+        model(a[None, 3:], **{CACHE_KW: ca}, use_cache=True)
+        model(b[None, 2:], past_key_values=cb, use_cache=True)             # 5.24's deprecated keyword works too
     assert_exact(model, tr, {0: a.tolist(), 1: b.tolist()})
     assert tr.select(tr.sequence == 0).step.tolist() == [0, 0, 0, 1, 1]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import BUILDERS, VOCAB, hook_state, tiny_dense, tiny_mixtral
+from conftest import BUILDERS, CACHE_KW, VOCAB, cache_of, hook_state, tiny_dense, tiny_mixtral
 
 import moelab
 from moelab.tracer import TracingError
@@ -293,8 +293,8 @@ def test_an_empty_trace_saves_and_loads(mixtral, tmp_path):
 def test_continuing_a_cache_keeps_the_sequence_and_counts_steps(mixtral):
     ids = torch.randint(3, VOCAB, (1, 8))
     with torch.no_grad(), moelab.trace(mixtral) as tr:
-        cache = mixtral(ids[:, :5], use_cache=True).past_key_values      # chunked prefill: 5 then 3 tokens
-        mixtral(ids[:, 5:], past_key_values=cache, use_cache=True)
+        cache = cache_of(mixtral(ids[:, :5], use_cache=True))          # chunked prefill: 5 then 3 tokens
+        mixtral(ids[:, 5:], **{CACHE_KW: cache}, use_cache=True)
         mixtral(ids[:, :2], use_cache=True)                              # a fresh cache: a new sequence
     assert tr.sequence.tolist() == [0] * 8 + [1] * 2
     assert tr.position.tolist() == list(range(8)) + [0, 1]
@@ -347,10 +347,10 @@ def test_a_writer_failure_is_raised_and_the_hooks_are_still_removed(mixtral, ids
 def test_a_cache_reordered_between_forwards_is_refused(mixtral, ids):
     with torch.no_grad(), moelab.trace(mixtral):
         out = mixtral(ids, use_cache=True)
-        cache = next(v for v in out.values() if hasattr(v, "get_seq_length"))
+        cache = cache_of(out)
         cache.reorder_cache(torch.tensor([1, 0]))                      # what beam search does between steps
         with pytest.raises(TracingError, match="reordered"):
-            mixtral(ids[:, :1], cache=cache, use_cache=True)
+            mixtral(ids[:, :1], **{CACHE_KW: cache}, use_cache=True)
 
 
 # ------------------------------------------------------------------ contracts the README states
