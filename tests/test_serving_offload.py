@@ -79,12 +79,23 @@ def test_every_policy_equals_the_brute_force_simulator(policy):
         assert r.hits.tolist() == h.tolist() and r.prefetch_loads.tolist() == pl.tolist(), (E, k, C)
 
 
+def test_lru_closed_form_equals_the_simulator():
+    rng = np.random.default_rng(9)
+    for _ in range(10):
+        E = int(rng.integers(2, 9)); k = int(rng.integers(1, min(3, E) + 1))
+        ex = random_trace(rng, 400, 2, E, k, sticky=rng.random())
+        C = int(rng.integers(k, E + 1))
+        a = simulate_cache(ex, C, "lru", num_experts=E)
+        b = simulate_cache(ex, C, "lru", num_experts=E, method="chunked", chunk=37, warmup=5)
+        assert a.hits.tolist() == b.hits.tolist()
+
+
 def test_belady_is_at_least_every_other_policy_on_every_input():
     rng = np.random.default_rng(5)
-    for _ in range(40):
+    for _ in range(15):
         E, k = int(rng.integers(2, 9)), 1 + int(rng.random() < 0.6)
         k = min(k, E)
-        ex = random_trace(rng, 300, 2, E, k, sticky=rng.random())
+        ex = random_trace(rng, 200, 2, E, k, sticky=rng.random())
         for C in range(k, E + 1):
             best = simulate_cache(ex, C, "belady", num_experts=E)
             for pol in ("lru", "lfu"):

@@ -213,6 +213,24 @@ def _simulate_stream(req, mkey, C, pre=None, pre_mkey=None, chunk=512, warmup=64
     return hits.reshape(L, N * B)[:, :T], loads.reshape(L, N * B)[:, :T]
 
 
+def _lru_closed_form(req, C):
+    """Per-token LRU hits of one layer without simulation: (T,) int8.
+
+    With set requests and C >= k, the LRU cache after token t is exactly the C most recently used
+    experts (ties: the higher id stays), by induction on t; so expert e hits at t iff it was used
+    before and fewer than C experts have a larger (last use, id) key at t-1."""
+    T, E = req.shape
+    key = _keys("lru", req)  # (T, E) last_use * E + id, -E.. for never used
+    used = key >= 0
+    rank = np.zeros((T, E), np.int8)
+    for e in range(E):
+        rank += key[:, e:e + 1] > key
+    cached = used & (rank < C)  # (T, E): cache after token t
+    hits = np.zeros(T, np.int8)
+    hits[1:] = (cached[:-1] & req[1:]).sum(1)
+    return hits
+
+
 # ----------------------------------------------------------------------------------- API
 @dataclass
 class CacheResult:
@@ -251,10 +269,11 @@ class CacheResult:
 
 def simulate_cache(x, capacity: int, policy: str = "lru", *, num_experts=None, predicted=None,
                    keep_per_token: bool = False, chunk: int = 512, warmup: int = 64,
-                   layers_at_once: int = 4) -> CacheResult:
+                   layers_at_once: int | None = None, method: str = "auto") -> CacheResult:
     """Simulate a per-layer cache of `capacity` experts under `policy` over a trace (see module doc).
 
-    x: a RoutingTrace or experts (tokens, layers, k). predicted: (tokens, layers, k') expert ids to
+    x: a RoutingTrace or experts (tokens, layers, k). LRU is computed in closed form (recency ranks;
+    method="chunked" forces the simulator, which tests compare it with). predicted: (tokens, layers, k') expert ids to
     prefetch for policy="prefetch" (default: `predict_previous_token(x)`); ids < 0 mean "none".
 
         >>> cyc = np.arange(5 * 100).reshape(-1, 1, 1) % 5                 # cycle through C + 1 experts
@@ -277,6 +296,17 @@ def simulate_cache(x, capacity: int, policy: str = "lru", *, num_experts=None, p
     hits = np.zeros(L, np.int64)
     loads = np.zeros(L, np.int64)
     per_tok = np.zeros((T, L), np.int8) if keep_per_token else None
+    if method not in ("auto", "chunked"):
+        raise ValueError(f"method={method!r}; use 'auto' (LRU in closed form) or 'chunked' (the simulator)")
+    if policy == "lru" and method == "auto":
+        for l in range(L):
+            h = _lru_closed_form(_requests(ex[:, l], E), C)
+            hits[l] = h.sum(dtype=np.int64)
+            if keep_per_token:
+                per_tok[:, l] = h
+        return CacheResult(policy, C, E, k, T, hits, np.full(L, T * k, np.int64), loads, per_tok)
+    if layers_at_once is None:  # as many layers per pass as ~2e7 token-expert cells allow (bounded memory)
+        layers_at_once = max(1, min(L, int(2e7 // max(T * E, 1))))
     for g0 in range(0, L, layers_at_once):
         ls = range(g0, min(L, g0 + layers_at_once))
         req = np.stack([_requests(ex[:, l], E) for l in ls])  # (G, T, E)

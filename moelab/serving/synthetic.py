@@ -84,8 +84,8 @@ def move_probabilities(first, any_, E: int = 8) -> np.ndarray:
 def _skip(u, excluded):
     """Map u in [0, E - len(excluded)) to the u-th value not in `excluded` (sorted per row)."""
     x = u.copy()
-    for v in np.sort(np.stack(excluded, -1), -1).transpose(-1, *range(u.ndim)):
-        x += x >= v
+    for v in np.sort(np.stack(excluded), axis=0):
+        x += (x >= v).astype(x.dtype)
     return x
 
 
@@ -105,23 +105,35 @@ def mixtral_like_trace(tokens: int = 100_000, layers: int = 32, seq_len: int = 1
     cum = np.cumsum(move_probabilities(np.broadcast_to(first, (L,)), np.broadcast_to(any_, (L,)), E), -1)  # (L, 4)
     rng = np.random.default_rng(seed)
     S = -(-T // seq_len)
-    out = np.empty((S, seq_len, L, 2), np.uint8)
-    f = rng.integers(0, E, (S, L))
-    s = _skip(rng.integers(0, E - 1, (S, L)), [f])
-    out[:, 0, :, 0], out[:, 0, :, 1] = f, s
-    for p in range(1, seq_len):
-        u = rng.random((S, L))
-        move = (u[..., None] > cum[None]).sum(-1)  # 0 copy, 1 shift, 2 fresh, 3 disjoint
-        r1, r2 = rng.integers(0, 1 << 30, (2, S, L))
-        fresh_f = r1 % E
-        fresh_s = _skip(r2 % (E - 1), [fresh_f])
-        shift_s = _skip(r2 % (E - 1), [s])
-        dis_f = _skip(r1 % (E - 2), [f, s])
-        dis_s = _skip(r2 % (E - 3), [f, s, dis_f])
-        nf = np.choose(move, [f, s, fresh_f, dis_f])
-        ns = np.choose(move, [s, shift_s, fresh_s, dis_s])
-        f, s = nf, ns
-        out[:, p, :, 0], out[:, p, :, 1] = f, s
+    out = np.empty((seq_len, S, L, 2), np.uint8)
+    f = rng.integers(0, E, (S, L)).astype(np.uint8)
+    s = _skip(rng.integers(0, E - 1, (S, L)).astype(np.uint8), [f])
+    out[0, :, :, 0], out[0, :, :, 1] = f, s
+    M = int(np.lcm.reduce([E, E - 1, E - 2, E - 3]))  # one draw mod E, E-1, E-2, E-3 stays exactly uniform
+    block = 64
+    for b0 in range(1, seq_len, block):
+        P = min(block, seq_len - b0)
+        u = rng.random((P, S, L), dtype=np.float32)
+        move = (u[..., None] > cum[None, None, :, :3].astype(np.float32)).sum(-1).astype(np.uint8)  # 0..3
+        r1 = rng.integers(0, M, (P, S, L), dtype=np.uint16)
+        r2 = rng.integers(0, M, (P, S, L), dtype=np.uint16)
+        fresh_f = (r1 % E).astype(np.uint8)
+        fresh_s = _skip((r2 % (E - 1)).astype(np.uint8), [fresh_f])
+        r1s, r2s, r2t = (r1 % (E - 2)).astype(np.uint8), (r2 % (E - 1)).astype(np.uint8), (r2 % (E - 3)).astype(np.uint8)
+        for i in range(P):
+            m = move[i]
+            lo, hi = np.minimum(f, s), np.maximum(f, s)
+            x = r1s[i] + (r1s[i] >= lo)  # disjoint first: the r-th expert outside {f, s}
+            dis_f = x + (x >= hi)
+            y = r2t[i].copy()  # disjoint second: outside {f, s, dis_f}
+            for v in np.sort(np.stack([lo, hi, dis_f]), axis=0):
+                y += y >= v
+            z = r2s[i] + (r2s[i] >= s)  # shift second: anything but the old second
+            nf = np.where(m == 0, f, np.where(m == 1, s, np.where(m == 2, fresh_f[i], dis_f)))
+            ns = np.where(m == 0, s, np.where(m == 1, z, np.where(m == 2, fresh_s[i], y)))
+            f, s = nf.astype(np.uint8), ns.astype(np.uint8)
+            out[b0 + i, :, :, 0], out[b0 + i, :, :, 1] = f, s
+    out = out.transpose(1, 0, 2, 3)
     ex = out.reshape(S * seq_len, L, 2)[:T]
     seq = (np.arange(T) // seq_len).astype(np.int64)
     return RoutingTrace.from_arrays(ex, num_experts=E, sequence=seq, position=np.arange(T) % seq_len,
