@@ -64,7 +64,7 @@ device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)
 if FAST:
     DOCS_PER_DOMAIN, SEQ_LEN = 1, min(SEQ_LEN, 128)
 SYN_TOKENS = 8_000 if FAST else 200_000
-CAPACITIES = (2, 3, 4, 6, 8) if FAST else range(2, 9)
+CAPACITIES = (2, 4, 8) if FAST else range(2, 9)
 pd.set_option("display.precision", 3)
 mixtral = mixtral_8x7b_config()
 

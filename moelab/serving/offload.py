@@ -5,7 +5,7 @@ Expert offloading: a per-layer GPU cache of C experts, simulated over a routing 
     >>> from moelab.serving import simulate_cache
     >>> ex = np.random.default_rng(0).integers(0, 8, (20_000, 2, 1))   # (tokens, layers, k): iid uniform
     >>> r = simulate_cache(ex, capacity=4, policy="lru", num_experts=8)
-    >>> [round(h, 2) for h in r.hit_rate]                              # C / E = 0.5
+    >>> [round(float(h), 2) for h in r.hit_rate]                       # C / E = 0.5
     [0.5, 0.5]
 
 The setting of Eliseev & Mazur 2023 ("Fast Inference of Mixture-of-Experts Language Models with
@@ -96,9 +96,9 @@ def _requests(ex_l, E: int) -> np.ndarray:
 
 
 def _last_use(req) -> np.ndarray:
-    """(T, E) int64: last t' <= t with a request for e, -1 if none."""
+    """(T, E) int32/int64: last t' <= t with a request for e, -1 if none."""
     T = req.shape[0]
-    t = np.where(req, np.arange(T, dtype=np.int64)[:, None], -1)
+    t = np.where(req, np.arange(T, dtype=np.int32 if T < 2**30 else np.int64)[:, None], -1)
     return np.maximum.accumulate(t, axis=0)
 
 
@@ -117,8 +117,10 @@ def _keys(policy: str, req) -> np.ndarray:
     """(T, E) int64 eviction key at each token: the lowest key among evictable experts goes."""
     T, E = req.shape
     ids = np.arange(E, dtype=np.int64)
-    if policy in ("lru", "prefetch"):
-        primary = _last_use(req)
+    if policy in ("lru", "prefetch"):  # last_use * E + id in one accumulate, int32 when it fits
+        dt = np.int64 if (T + 2) * E >= np.iinfo(np.int32).max else np.int32
+        t = np.where(req, (np.arange(T, dtype=dt) * E)[:, None], dt(-E))
+        return np.maximum.accumulate(t, axis=0) + ids.astype(dt)
     elif policy == "lfu":
         primary = np.cumsum(req, axis=0, dtype=np.int64) * (T + 1) + (_last_use(req) + 1)
     elif policy == "belady":
@@ -221,11 +223,8 @@ def _lru_closed_form(req, C):
     before and fewer than C experts have a larger (last use, id) key at t-1."""
     T, E = req.shape
     key = _keys("lru", req)  # (T, E) last_use * E + id, -E.. for never used
-    used = key >= 0
-    rank = np.zeros((T, E), np.int8)
-    for e in range(E):
-        rank += key[:, e:e + 1] > key
-    cached = used & (rank < C)  # (T, E): cache after token t
+    kth = np.partition(key, E - C, axis=1)[:, E - C:E - C + 1]  # C-th largest key per token
+    cached = (key >= kth) & (key >= 0)  # (T, E): cache after token t (keys are distinct within a row)
     hits = np.zeros(T, np.int8)
     hits[1:] = (cached[:-1] & req[1:]).sum(1)
     return hits
@@ -268,7 +267,7 @@ class CacheResult:
 
 
 def simulate_cache(x, capacity: int, policy: str = "lru", *, num_experts=None, predicted=None,
-                   keep_per_token: bool = False, chunk: int = 512, warmup: int = 64,
+                   keep_per_token: bool = False, chunk: int | None = None, warmup: int | None = None,
                    layers_at_once: int | None = None, method: str = "auto") -> CacheResult:
     """Simulate a per-layer cache of `capacity` experts under `policy` over a trace (see module doc).
 
@@ -305,6 +304,10 @@ def simulate_cache(x, capacity: int, policy: str = "lru", *, num_experts=None, p
             if keep_per_token:
                 per_tok[:, l] = h
         return CacheResult(policy, C, E, k, T, hits, np.full(L, T * k, np.int64), loads, per_tok)
+    if chunk is None:  # ~2 sqrt(T) steps per pass: fewer Python steps on short traces, 512 on long ones
+        chunk = min(512, max(32, int(2 * np.sqrt(T))))
+    if warmup is None:
+        warmup = min(64, chunk // 4)
     if layers_at_once is None:  # as many layers per pass as ~2e7 token-expert cells allow (bounded memory)
         layers_at_once = max(1, min(L, int(2e7 // max(T * E, 1))))
     for g0 in range(0, L, layers_at_once):

@@ -4,7 +4,7 @@ Expert parallelism (EP): E experts per layer spread over G devices; how evenly d
     >>> import numpy as np
     >>> from moelab.serving import expert_load, contiguous_placement, imbalance
     >>> ex = np.zeros((100, 1, 1), int)                          # every token -> expert 0
-    >>> float(imbalance(expert_load(ex, 8), contiguous_placement(8, 2))[0])   # one GPU does all: max/mean = G
+    >>> float(imbalance(expert_load(ex, 8), contiguous_placement(8, 2), 2)[0])   # one GPU does all: max/mean = G
     2.0
 
 Definitions (per MoE layer):
