@@ -24,7 +24,7 @@ See docs/compute.md for the numbers.
 
 from .configs import MATCHES, dense_equivalent, mistral_7b_config, mixtral_8x7b_config
 from .flops import FlopBreakdown, flops_per_token, forward_flops, router_share
-from .hardware import GPUS, Hardware, get_hardware, measure_host_bandwidth, measure_host_matmul_flops, this_machine
+from .hardware import GPUS, LINKS, Hardware, Link, get_hardware, get_link, measure_host_bandwidth, measure_host_matmul_flops, this_machine
 from .memory import DTYPE_BYTES, FitReport, dtype_bytes, fits, kv_bytes_per_token, kv_cache_bytes, weight_bytes
 from .params import Count, ParamCount, attention_params, count_params, expert_params
 from .roofline import (

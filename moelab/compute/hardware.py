@@ -2,7 +2,8 @@
 Accelerator datasheet numbers (with sources) and measured numbers for this machine.
 
 Each `Hardware` holds what the decode roofline needs: memory capacity, memory bandwidth and
-peak dense (no 2:4 sparsity) 16-bit tensor throughput.
+peak dense (no 2:4 sparsity) 16-bit tensor throughput, plus the names of its host link (PCIe,
+for expert offloading) and peer link (NVLink) in `LINKS`, each with its source.
 
 Units: GPU memory is marketed as "80GB" but is 80 GiB (nvidia-smi on an A100 80GB reports
 81920 MiB), so `memory_gib` is in GiB (2**30 bytes). Bandwidth is in GB/s (1e9 bytes/s) and
@@ -35,6 +36,8 @@ class Hardware:
     bandwidth_gbs: float  # peak memory bandwidth, GB/s (1e9 bytes/s)
     peak_tflops: float  # peak dense bf16/fp16 tensor-core TFLOP/s (FP32 accumulate)
     source: str  # datasheet name / URL, or "measured"
+    host_link: str = ""  # key of LINKS: how host RAM reaches this device (expert offloading)
+    peer_link: str = ""  # key of LINKS: device-to-device interconnect (expert-parallel all-to-all), "" if none
 
     @property
     def memory_bytes(self) -> float:
@@ -51,24 +54,74 @@ GPUS: dict[str, Hardware] = {
         "NVIDIA A100 80GB SXM", 80, 2039.0, 312.0,
         "NVIDIA A100 Tensor Core GPU datasheet (2021): 2,039 GB/s HBM2e, BF16/FP16 tensor 312 TFLOPS dense; "
         "https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf",
+        host_link="PCIe-4.0-x16", peer_link="NVLink-3",
     ),
     "H100-SXM": Hardware(
         "NVIDIA H100 SXM 80GB", 80, 3350.0, 989.0,
         "NVIDIA H100 Tensor Core GPU datasheet: 3.35 TB/s HBM3, BF16/FP16 tensor 1,979 TFLOPS with sparsity "
         "(989 dense); https://www.nvidia.com/en-us/data-center/h100/",
+        host_link="PCIe-5.0-x16", peer_link="NVLink-4",
     ),
     "H200": Hardware(
         "NVIDIA H200 SXM 141GB", 141, 4800.0, 989.0,
         "NVIDIA H200 Tensor Core GPU datasheet: 141 GB HBM3e, 4.8 TB/s, BF16/FP16 tensor 1,979 TFLOPS with "
         "sparsity (989 dense); https://www.nvidia.com/en-us/data-center/h200/",
+        host_link="PCIe-5.0-x16", peer_link="NVLink-4",
     ),
     "RTX-4090": Hardware(
         "NVIDIA GeForce RTX 4090", 24, 1008.0, 165.2,
         "NVIDIA Ada GPU architecture whitepaper v2.1, Appendix A: 1,008 GB/s GDDR6X; FP16 tensor 165.2 TFLOPS "
         "dense with FP32 accumulate (330.3 with FP16 accumulate); "
         "https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf",
+        host_link="PCIe-4.0-x16",
     ),
 }
+
+
+@dataclass(frozen=True)
+class Link:
+    """A host-device or device-device link: peak bandwidth per direction, GB/s (1e9 B/s), and its source."""
+
+    name: str
+    gbs_per_direction: float
+    source: str
+
+
+# PCIe: PCI-SIG base specifications; per lane and direction 8 GT/s (3.0), 16 GT/s (4.0), 32 GT/s (5.0)
+# with 128b/130b encoding, so x16 = 16 x rate x 128/130 / 8 bytes. Measured pinned host->device copies
+# reach ~80-90 % of these. NVLink: NVIDIA datasheets give the total of both directions per GPU.
+LINKS: dict[str, Link] = {
+    "PCIe-3.0-x16": Link("PCIe 3.0 x16", 16 * 8 * 128 / 130 / 8,
+                         "PCI Express Base Specification 3.0: 8 GT/s per lane, 128b/130b encoding -> 15.75 GB/s per direction"),
+    "PCIe-4.0-x16": Link("PCIe 4.0 x16", 16 * 16 * 128 / 130 / 8,
+                         "PCI Express Base Specification 4.0: 16 GT/s per lane, 128b/130b -> 31.5 GB/s per direction "
+                         "(RTX 4090 and A100 are PCIe Gen 4 devices: Ada whitepaper, A100 datasheet)"),
+    "PCIe-5.0-x16": Link("PCIe 5.0 x16", 16 * 32 * 128 / 130 / 8,
+                         "PCI Express Base Specification 5.0: 32 GT/s per lane, 128b/130b -> 63.0 GB/s per direction "
+                         "(H100 datasheet: PCIe Gen5 128 GB/s, both directions)"),
+    "NVLink-3": Link("NVLink 3 (A100)", 300.0,
+                     "NVIDIA A100 datasheet: NVLink 600 GB/s per GPU (both directions) -> 300 GB/s per direction"),
+    "NVLink-4": Link("NVLink 4 (H100/H200)", 450.0,
+                     "NVIDIA H100 datasheet: NVLink 900 GB/s per GPU (both directions) -> 450 GB/s per direction"),
+}
+
+
+def get_link(link) -> Link:
+    """A `Link` from itself, a key of `LINKS`, or a `Hardware` (its host link).
+
+    >>> round(get_link("PCIe-4.0-x16").gbs_per_direction, 1)
+    31.5
+    """
+    if isinstance(link, Link):
+        return link
+    if isinstance(link, Hardware):
+        if not link.host_link:
+            raise ValueError(f"{link.name} has no host_link in the table; pass link='PCIe-4.0-x16' (one of {list(LINKS)})")
+        link = link.host_link
+    for key, v in LINKS.items():
+        if str(link).lower() == key.lower():
+            return v
+    raise ValueError(f"unknown link {link!r}; use one of {list(LINKS)} or pass a moelab.compute.hardware.Link(...)")
 
 
 def get_hardware(gpu) -> Hardware:

@@ -1,0 +1,98 @@
+"""
+Figures of notebook 08 (routing -> serving). Each function takes the library's tables, returns a Figure.
+
+    hit_rate_curves(table)        mean hit rate vs cache size per policy, one panel per trace
+    offload_speed_plot(df)        offloaded decode tokens/s vs cache size per weight dtype, per trace
+    imbalance_plot(windows)       EP imbalance over time windows, before / after rebalancing, per trace
+    break_even_plot(df)           monthly cost, API vs self-hosted, by volume
+"""
+
+from __future__ import annotations
+
+from matplotlib.figure import Figure
+
+from ..plots.style import styled
+
+_POLICY_STYLE = {"belady": ("k", "-", "Bélády (offline bound)"), "lru": ("#4477AA", "-", "LRU"),
+                 "lfu": ("#EE6677", "--", "LFU"), "prefetch": ("#228833", ":", "prefetch (prev. layer)")}
+
+
+def _panels(n):
+    fig = Figure(figsize=(4.2 * n, 3.3), layout="constrained")
+    return fig, [fig.add_subplot(1, n, i + 1) for i in range(n)]
+
+
+@styled
+def hit_rate_curves(table, *, title=None) -> Figure:
+    """table: `hit_rate_table(...)` rows with a `trace` column (one panel each)."""
+    traces = list(dict.fromkeys(table["trace"])) if "trace" in table else [None]
+    fig, axes = _panels(len(traces))
+    for ax, tr in zip(axes, traces):
+        d = table if tr is None else table[table["trace"] == tr]
+        m = d.groupby(["policy", "capacity"]).hit_rate.mean().reset_index()
+        for pol, g in m.groupby("policy"):
+            c, ls, lab = _POLICY_STYLE.get(pol, (None, "-", pol))
+            ax.plot(g.capacity, g.hit_rate, ls, color=c, marker="o", ms=3, label=lab)
+        E = int(d.capacity.max())
+        ax.plot(range(int(d.capacity.min()), E + 1), [c / E for c in range(int(d.capacity.min()), E + 1)],
+                color="0.6", lw=0.8, label="C/E (iid uniform)")
+        ax.set(xlabel="experts cached per layer (C)", ylabel="hit rate (mean over layers)", ylim=(0, 1.02),
+               title=str(tr) if tr is not None else None)
+    axes[0].legend(loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@styled
+def offload_speed_plot(df, *, title=None) -> Figure:
+    """df columns: trace, dtype, capacity, tokens_per_s (and optional fits bool)."""
+    traces = list(dict.fromkeys(df["trace"]))
+    fig, axes = _panels(len(traces))
+    for ax, tr in zip(axes, traces):
+        for dt, g in df[df.trace == tr].groupby("dtype", sort=False):
+            ax.plot(g.capacity, g.tokens_per_s, marker="o", ms=3, label=dt)
+            if "fits" in g:
+                ok = g[g.fits]
+                ax.scatter(ok.capacity, ok.tokens_per_s, s=30, facecolors="none", edgecolors="k", zorder=3)
+        ax.set(xlabel="experts cached per layer (C)", ylabel="decode tokens/s (batch 1, LRU)", yscale="log", title=tr)
+    axes[0].legend(title="weights (circled: fits the GPU)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@styled
+def imbalance_plot(windows, *, title=None) -> Figure:
+    """windows: `imbalance_over_windows(...)` rows with a `trace` column; mean over layers per window."""
+    traces = list(dict.fromkeys(windows["trace"]))
+    fig, axes = _panels(len(traces))
+    labels = {"contiguous": "contiguous", "balanced_previous": "EPLB, refit every window",
+              "balanced_global": "EPLB, fit on whole trace"}
+    for ax, tr in zip(axes, traces):
+        m = windows[windows.trace == tr].groupby("window")[list(labels)].mean()
+        for col, lab in labels.items():
+            ax.plot(m.index, m[col], label=lab, lw=1)
+        ax.axhline(1, color="0.6", lw=0.8)
+        ax.set(xlabel="window", ylabel="max / mean GPU load (mean over layers)", title=tr)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@styled
+def break_even_plot(df, *, title=None) -> Figure:
+    """df from `break_even_table` with a `setup` column (one line per setup) plus the API line."""
+    fig, (ax,) = _panels(1)
+    first = True
+    for setup, g in df.groupby("setup", sort=False):
+        if first:
+            ax.plot(g.volume, g.api_cost, "k--", label="API")
+            first = False
+        ax.step(g.volume, g.self_hosted_cost, where="post", label=setup)
+    ax.set(xscale="log", yscale="log", xlabel="tokens per month", ylabel="$ per month")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    return fig

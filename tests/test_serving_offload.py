@@ -1,0 +1,143 @@
+"""Expert-offloading cache simulator: closed forms, the Bélády bound, and a brute-force reference."""
+
+import numpy as np
+import pytest
+
+import moelab
+from moelab.serving import predict_from_previous_layer, predict_previous_token, simulate_cache
+
+
+def brute_force(ex, C, policy, pred=None):
+    """Token by token with Python sets and dicts: the specification of every policy."""
+    T, L, _ = ex.shape
+    hits, pre_loads = np.zeros(L, int), np.zeros(L, int)
+    for l in range(L):
+        cache, last, cnt = set(), {}, {}
+        for t in range(T):
+            S = [int(e) for e in ex[t, l]]
+            if policy == "prefetch":
+                P = [int(e) for e in pred[t, l] if e >= 0]
+                for e in P:
+                    if e not in cache:
+                        pre_loads[l] += 1
+                        cache.add(e)
+                while len(cache) > C:
+                    cache.remove(min((e for e in cache if e not in P), key=lambda e: (last.get(e, -1), e)))
+            hits[l] += sum(e in cache for e in S)
+            cache |= set(S)
+            for e in S:
+                last[e], cnt[e] = t, cnt.get(e, 0) + 1
+            while len(cache) > C:
+                cand = [e for e in cache if e not in S]
+                if policy in ("lru", "prefetch"):
+                    v = min(cand, key=lambda e: (last.get(e, -1), e))
+                elif policy == "lfu":
+                    v = min(cand, key=lambda e: (cnt[e], last[e], e))
+                else:  # belady: farthest next use, never used again = farthest
+                    nxt = lambda e: next((u for u in range(t + 1, T) if e in ex[u, l]), T)  # noqa: E731
+                    v = min(cand, key=lambda e: (-nxt(e), e))
+                cache.remove(v)
+    return hits, pre_loads
+
+
+def random_trace(rng, T, L, E, k, sticky):
+    p = rng.dirichlet(np.ones(E) * 0.7)
+    ex = np.stack([np.stack([rng.choice(E, k, replace=False, p=p) for _ in range(T)]) for _ in range(L)], 1)
+    for t in range(1, T):
+        if rng.random() < sticky:
+            ex[t] = ex[t - 1]
+    return ex
+
+
+def test_iid_uniform_single_expert_lru_hit_rate_is_c_over_e():
+    ex = np.random.default_rng(0).integers(0, 8, (40_000, 3, 1))
+    for C in (1, 3, 6):
+        hr = simulate_cache(ex, C, "lru", num_experts=8).hit_rate
+        assert np.allclose(hr, C / 8, atol=0.01), (C, hr)
+
+
+def test_cycle_through_c_plus_one_experts_gives_lru_zero_hits():
+    for C in (1, 2, 4, 7):
+        ex = (np.arange((C + 1) * 50) % (C + 1)).reshape(-1, 1, 1)
+        assert simulate_cache(ex, C, "lru", num_experts=8).hits.tolist() == [0]
+        if C > 1:  # the offline bound faults once per C requests on a cycle of C + 1 (after the first C)
+            assert simulate_cache(ex, C, "belady", num_experts=8).hit_rate[0] == pytest.approx((C - 1) / C, abs=0.03)
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "belady", "prefetch"])
+def test_every_policy_equals_the_brute_force_simulator(policy):
+    rng = np.random.default_rng({"lru": 1, "lfu": 2, "belady": 3, "prefetch": 4}[policy])
+    for _ in range(12):
+        E = int(rng.integers(2, 9))
+        k = int(rng.integers(1, min(3, E) + 1))
+        ex = random_trace(rng, int(rng.integers(1, 150)), 2, E, k, sticky=rng.random())
+        C = int(rng.integers(k, E + 1))
+        pred = predict_from_previous_layer(ex, num_experts=E) if policy == "prefetch" else None
+        r = simulate_cache(ex, C, policy, num_experts=E, predicted=pred,
+                           chunk=int(rng.integers(1, 30)), warmup=int(rng.integers(0, 8)))  # small chunks: repairs run
+        h, pl = brute_force(ex, C, policy, pred)
+        assert r.hits.tolist() == h.tolist() and r.prefetch_loads.tolist() == pl.tolist(), (E, k, C)
+
+
+def test_lru_closed_form_equals_the_simulator():
+    rng = np.random.default_rng(9)
+    for _ in range(10):
+        E = int(rng.integers(2, 9)); k = int(rng.integers(1, min(3, E) + 1))
+        ex = random_trace(rng, 400, 2, E, k, sticky=rng.random())
+        C = int(rng.integers(k, E + 1))
+        a = simulate_cache(ex, C, "lru", num_experts=E)
+        b = simulate_cache(ex, C, "lru", num_experts=E, method="chunked", chunk=37, warmup=5)
+        assert a.hits.tolist() == b.hits.tolist()
+
+
+def test_belady_is_at_least_every_other_policy_on_every_input():
+    rng = np.random.default_rng(5)
+    for _ in range(15):
+        E, k = int(rng.integers(2, 9)), 1 + int(rng.random() < 0.6)
+        k = min(k, E)
+        ex = random_trace(rng, 200, 2, E, k, sticky=rng.random())
+        for C in range(k, E + 1):
+            best = simulate_cache(ex, C, "belady", num_experts=E)
+            for pol in ("lru", "lfu"):
+                assert (best.hits >= simulate_cache(ex, C, pol, num_experts=E).hits).all()
+            pf = simulate_cache(ex, C, "prefetch", num_experts=E, predicted=predict_from_previous_layer(ex, num_experts=E))
+            assert (best.misses <= pf.loads).all()  # prefetching can raise hits, never beat MIN's copies
+
+
+def test_prefetching_the_previous_tokens_experts_is_exactly_lru():
+    ex = random_trace(np.random.default_rng(6), 2000, 3, 8, 2, sticky=0.3)
+    for C in (2, 4, 6):
+        a, b = simulate_cache(ex, C, "lru", num_experts=8), simulate_cache(ex, C, "prefetch", num_experts=8)
+        assert a.hits.tolist() == b.hits.tolist() and b.prefetch_loads.sum() == 0
+
+
+def test_full_cache_misses_only_the_first_use_of_each_expert():
+    ex = random_trace(np.random.default_rng(7), 500, 2, 8, 2, sticky=0.0)
+    r = simulate_cache(ex, 8, "lfu", num_experts=8)
+    first_uses = [len(np.unique(ex[:, l])) for l in range(2)]
+    assert r.misses.tolist() == first_uses
+
+
+def test_bytes_per_token_counts_every_copy():
+    ex = np.random.default_rng(8).integers(0, 8, (1000, 4, 1))
+    r = simulate_cache(ex, 1, "lru", num_experts=8)
+    assert r.bytes_per_token(10.0) == pytest.approx(r.misses.sum() / 1000 * 10.0)
+
+
+def test_cache_size_outside_k_to_e_is_refused_with_the_value():
+    ex = np.zeros((4, 1, 2), int)
+    ex[:, :, 1] = 1
+    with pytest.raises(ValueError, match="capacity=1"):
+        simulate_cache(ex, 1, "lru", num_experts=8)
+    with pytest.raises(ValueError, match="capacity=9"):
+        simulate_cache(ex, 9, "lru", num_experts=8)
+    with pytest.raises(ValueError, match="policy='fifo'"):
+        simulate_cache(ex, 2, "fifo", num_experts=8)
+
+
+def test_a_simulation_needing_sequences_refuses_a_bare_array():
+    ex = np.zeros((4, 1, 1), int)
+    with pytest.raises(ValueError, match="sequence"):
+        predict_previous_token(ex, within_sequence=True)
+    tr = moelab.RoutingTrace.from_arrays(ex, num_experts=2, sequence=[0, 0, 1, 1])
+    assert predict_previous_token(tr, within_sequence=True)[:, 0, 0].tolist() == [-1, 0, -1, 0]
