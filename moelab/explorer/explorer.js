@@ -80,6 +80,7 @@
       P.runs.forEach(function () { D.runs.push({ experts: arr[j++], weights: arr[j++], probs: arr[j++] }); });
       build(root, P, D);
       root.dataset.mountMs = (performance.now() - t0).toFixed(1);
+      root.dataset.readyAt = performance.now().toFixed(1);   // ms since the page started loading
       root.dataset.ready = "1";
     }).catch(function (err) {
       root.textContent = "moelab explorer could not start: " + err;
@@ -208,8 +209,8 @@
       }
       return true;
     }
+    var perLine = 80;
     function estimate(blk) {
-      var width = Math.max(200, text.clientWidth - 24), perLine = Math.max(10, Math.floor(width / charW));
       var lines = 1, col = 0;
       for (var j = blk.start; j < blk.end; j++) {
         var s = P.strings[D.tokIndex[view[j]]];
@@ -225,6 +226,7 @@
       view = Int32Array.from(idx);
       if (observer) observer.disconnect();
       text.innerHTML = ""; blocks = []; rendered = 0;
+      perLine = Math.max(10, Math.floor(Math.max(200, text.clientWidth - 24) / charW));   // one layout read
       var start = 0;
       while (start < view.length) {
         var seq = D.seqIndex[view[start]], end = start;
