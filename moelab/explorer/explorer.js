@@ -306,7 +306,7 @@
     function updateStatus() {
       var nseq = P.sequences.length;
       var s = "holds " + fmt(T) + " tokens (" + fmt(nseq) + " sequence" + (nseq > 1 ? "s" : "") + ") \u00b7 " + L +
-        " layers \u00b7 top-" + K + " of " + E + " experts" + (P.nbytes ? " \u00b7 " + (P.nbytes / 1e6).toFixed(2) + " MB" : "") +
+        " layers \u00b7 top-" + K + " of " + E + " experts" + (P.nbytes ? " \u00b7 " + (P.nbytes < 1e6 ? (P.nbytes / 1e3).toFixed(1) + " kB" : (P.nbytes / 1e6).toFixed(2) + " MB") : "") +
         " \u00b7 showing " + fmt(view ? view.length : 0) + " \u00b7 rendered " + fmt(rendered);
       if (R > 1) {
         var m = diffMask(S.layer), n = 0;
@@ -406,7 +406,7 @@
       expertBox.appendChild(tl);
       if (fcol >= 0 && n) {
         var F = D.filters[fcol];
-        expertBox.appendChild(el("div", "mx-sub", F.name + " shares of its tokens (and share of each " + F.name + "'s tokens it gets)"));
+        expertBox.appendChild(el("div", "mx-sub", "its tokens by " + F.name + " (and the share of that " + F.name + "'s tokens it gets)"));
         var order = Array.from(fcount.keys()).sort(function (a, b) { return fcount[b] - fcount[a]; });
         order.forEach(function (c) {
           if (!fcount[c]) return;
@@ -414,7 +414,7 @@
           barw.style.width = Math.round(120 * fcount[c] / n) + "px";
           row.appendChild(el("span", "mx-sharelab", F.categories[c]));
           row.appendChild(barw);
-          row.appendChild(el("span", null, " " + pct(fcount[c] / n) + " (" + pct(fcount[c] / ftotal[c]) + " of its tokens)"));
+          row.appendChild(el("span", null, " " + pct(fcount[c] / n) + " (" + pct(fcount[c] / ftotal[c]) + " of " + F.categories[c] + ")"));
           row.dataset.category = F.categories[c]; row.dataset.share = fcount[c] / n;
           expertBox.appendChild(row);
         });
