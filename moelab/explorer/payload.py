@@ -132,11 +132,12 @@ def token_texts(token_ids: np.ndarray, tokenizer=None, recorded_with: str | None
 
 
 def category_columns(trace) -> dict[str, np.ndarray]:
-    """The per-token columns the explorer offers as filters: strings/ints with few distinct values."""
+    """The per-token columns the explorer offers as filters: labels (str/bool) with few distinct values,
+    e.g. `domain`; numeric columns such as `document` or `offset` are not filters (the sequence is)."""
     out = {}
     for name, col in trace.columns.items():
         col = np.asarray(col)
-        if col.ndim != 1 or col.dtype.kind not in "OUSbiu":
+        if col.ndim != 1 or col.dtype.kind not in "OUSb":
             continue
         if len(np.unique(col.astype(str))) <= MAX_CATEGORIES:
             out[name] = col
