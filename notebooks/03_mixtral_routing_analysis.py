@@ -267,7 +267,8 @@ for domain, name in [("code", "code"), ("fiction", "prose")]:
 # %% [markdown]
 # ## 5. Interactive explorer
 #
-# The whole held-out trace in `moelab.explorer`: tokens coloured by expert at the chosen layer
+# The held-out trace in `moelab.explorer` (the first window of every document: the whole trace,
+# 250k tokens at full size, is above the explorer's 200k limit): tokens coloured by expert at the chosen layer
 # (←/→ or the slider; "both choices" splits each token's colour), hover a token for its experts
 # and weights in every layer, click an expert for its tokens, its most frequent tokens and its
 # share of each domain, filter by domain or sequence. The same view is saved as one standalone
@@ -276,7 +277,9 @@ for domain, name in [("code", "code"), ("fiction", "prose")]:
 # %%
 from moelab.explorer import show
 
-view = show(tr, tok, layer=ids[-1], title=f"held-out corpus, {MODEL_NAME}")
+first_windows = tr.select(tr.columns["offset"] == 0)    # every document's first window: all domains, < 5 MB
+view = show(first_windows, tok, layer=ids[-1],
+            title=f"held-out corpus, first {SEQ_LEN} tokens of each document, {MODEL_NAME}")
 path = view.save(FIGURES / "03_explorer.html")
-print(f"{path}: {path.stat().st_size / 1e6:.1f} MB for {tr.num_tokens:,} tokens")
+print(f"{path.name}: {path.stat().st_size / 1e6:.1f} MB for {first_windows.num_tokens:,} of the trace's {tr.num_tokens:,} tokens")
 view
