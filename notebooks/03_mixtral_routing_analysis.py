@@ -30,7 +30,8 @@
 #
 # **Needs.** The embedded model `moelab-mixtral-tiny` and the held-out split of the corpus
 # (`MOELAB_DOCS_PER_DOMAIN` documents of each domain, windows of `MOELAB_SEQ_LEN` tokens).
-# **Takes** ~20 s on 2 CPU cores (~10 s with `MOELAB_FAST=1`).
+# **Takes** 2–8 min on 2 shared CPU cores, nearly all of it the trace cell (measured 461 s for the full
+# run and 106 s with `MOELAB_FAST=1` on a busy machine; a fresh-clone run measured 126 s).
 #
 # **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16
 # MOELAB_DEVICE=cuda` — see the note in section 4 for what changes.
