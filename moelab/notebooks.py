@@ -22,7 +22,8 @@ cell, tagged `parameters`, reads them with defaults):
     MOELAB_DEVICE           cpu | cuda | auto
     MOELAB_DOCS_PER_DOMAIN  held-out documents traced per corpus domain
     MOELAB_SEQ_LEN          tokens per traced window
-    MOELAB_FIGURES          output folder of figures and CSV tables (run_all sets it from `out`)
+    MOELAB_FIGURES          output folder of figures and CSV tables (run_all sets it from `out`, default
+                            figures/); unset in a notebook run by hand: out/figures/ (`figures_dir`)
     MOELAB_FAST             1 = smaller everything (the test suite)
 
 `params={"fast": 1, "model": "/path"}` sets them for one run (keys with or
@@ -50,6 +51,11 @@ from pathlib import Path
 
 PARAMS = ("MODEL", "DTYPE", "DEVICE", "DOCS_PER_DOMAIN", "SEQ_LEN", "FIGURES", "FAST")
 KERNEL_NAME = "moelab-notebooks"
+KERNEL_DISPLAY_NAME = "Python 3 (moelab)"   # the kernel `make install` registers as `python3`; the sources say the same
+# In executed notebooks tqdm.auto would save ipywidgets bars, which an untrusted (or widget-less)
+# viewer shows as their first state ("0/38"); headless kernels use text bars instead, and
+# coalesce_streams keeps only each bar's final line ("100% 38/38").
+_TEXT_PROGRESS = "import tqdm.auto, tqdm.std; tqdm.auto.tqdm = tqdm.std.tqdm; tqdm.auto.trange = tqdm.std.trange"
 
 
 class NotebookError(RuntimeError):
@@ -77,7 +83,29 @@ def notebooks_dir() -> Path:
 
 
 def default_figures_dir() -> Path:
+    """The tracked `figures/` folder that `moelab figures` (= `make figures`) refreshes."""
     return repo_root() / "figures"
+
+
+def interactive_figures_dir() -> Path:
+    """Where a notebook run by hand writes without MOELAB_FIGURES: `out/figures/` of the checkout
+    (git-ignored), else `./moelab-figures` -- never the tracked `figures/`."""
+    root = repo_root()
+    if (root / "figures").is_dir() and (root / "moelab" / "__init__.py").is_file():
+        return root / "out" / "figures"
+    return Path.cwd() / "moelab-figures"
+
+
+def figures_dir(value=None) -> Path:
+    """The notebooks' figures folder: `value` (MOELAB_FIGURES) when given, else
+    `interactive_figures_dir()` with a printed notice, so an interactive run never silently
+    rewrites the tracked figures/ (`moelab figures` sets MOELAB_FIGURES=figures/ itself)."""
+    if value:
+        return Path(value)
+    path = interactive_figures_dir()
+    print(f"MOELAB_FIGURES is not set: figures and tables go to {path} (untracked). "
+          "`moelab figures` (make figures) refreshes the tracked figures/.")
+    return path
 
 
 def list_notebooks(only=None, folder=None) -> list[Path]:
@@ -183,7 +211,7 @@ def run_notebook(source, *, env: dict, timeout: int = 1200, write_to=None, progr
     source = Path(source)
     name = source.stem
     nb = jupytext.read(source)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": KERNEL_DISPLAY_NAME, "language": "python"}
     nb.metadata.setdefault("language_info", {"name": "python"})
     out = Path(write_to) / f"{name}.ipynb" if write_to else source.with_suffix(".ipynb")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +222,9 @@ def run_notebook(source, *, env: dict, timeout: int = 1200, write_to=None, progr
         km = _kernel_manager(Path(spec_dir))
         client = NotebookClient(
             nb, km=km, timeout=timeout, kernel_name=KERNEL_NAME, allow_errors=False,
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],   # no transport warnings in the output
+            extra_arguments=["--IPKernelApp.log_level=ERROR",   # no transport warnings in the output
+                             f"--IPKernelApp.exec_lines={_TEXT_PROGRESS}"],
+            coalesce_streams=True,
             resources={"metadata": {"path": str(source.parent)}},
             on_cell_executed=lambda **kw: bar.update(1),
         )

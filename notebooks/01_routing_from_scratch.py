@@ -1,11 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version,-language_info,-widgets
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
-#     display_name: Python 3 (ipykernel)
+#     display_name: Python 3 (moelab)
 #     language: python
 #     name: python3
 # ---
@@ -43,7 +46,7 @@ DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = bfloat16 on 
 DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
 DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "12"))
 SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
-FIGURES = os.environ.get("MOELAB_FIGURES") or ("../figures" if Path.cwd().name == "notebooks" else "figures")
+FIGURES = os.environ.get("MOELAB_FIGURES") or None        # None = out/figures/ (untracked); `moelab figures` -> figures/
 FAST = os.environ.get("MOELAB_FAST", "0") == "1"            # 1 = small slices (tests)
 
 # %%
@@ -56,14 +59,14 @@ from einops import einsum
 from IPython.display import display
 
 import moelab
-from moelab.notebooks import resolve_device_dtype
+from moelab.notebooks import figures_dir, resolve_device_dtype
 from moelab.data import load_documents
 from moelab.metrics import balance, capacity_drops
 from moelab.models import DEFAULT_MODEL
 from moelab.notebooks import trace_documents
 from moelab.plots import load_heatmap, save, use_style
 
-FIGURES = Path(FIGURES)
+FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
 device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # cpu: bf16, one thread; cuda: fp16
 if FAST:

@@ -1,11 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version,-language_info,-widgets
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
-#     display_name: Python 3 (ipykernel)
+#     display_name: Python 3 (moelab)
 #     language: python
 #     name: python3
 # ---
@@ -37,7 +40,7 @@ DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = bfloat16 on 
 DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
 DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "12"))
 SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
-FIGURES = os.environ.get("MOELAB_FIGURES") or ("../figures" if Path.cwd().name == "notebooks" else "figures")
+FIGURES = os.environ.get("MOELAB_FIGURES") or None        # None = out/figures/ (untracked); `moelab figures` -> figures/
 FAST = os.environ.get("MOELAB_FAST", "0") == "1"            # 1 = small slices (tests)
 
 # %%
@@ -52,12 +55,12 @@ import torch
 from IPython.display import display
 
 import moelab
-from moelab.notebooks import resolve_device_dtype
+from moelab.notebooks import figures_dir, resolve_device_dtype
 from moelab.data import load_documents
 from moelab.notebooks import trace_documents
 from moelab.plots import load_heatmap, save
 
-FIGURES = Path(FIGURES)
+FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
 device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # cpu: bf16, one thread; cuda: fp16
 if FAST:
@@ -83,6 +86,17 @@ with torch.no_grad(), moelab.trace(model) as tr:
     model(**enc)
 print(tr)
 print("experts:", tr.experts.shape, "(tokens, layers, k)   weights:", tr.weights.shape, tr.weights.dtype)
+
+# %% [markdown]
+# The same trace in the interactive explorer: every token on the colour of its first-choice
+# expert; ←/→ (or the slider) switches the layer, hovering a token shows its experts and weights
+# in every layer, clicking an expert highlights its tokens. `moelab.explorer.show(tr).save(path)`
+# writes it as one HTML file that opens anywhere, offline (docs/explorer.md).
+
+# %%
+from moelab.explorer import show
+
+show(tr, tok)
 
 # %% [markdown]
 # `tr.experts[t, l, r]` is the expert token *t* was sent to at MoE layer *l* as its choice *r*

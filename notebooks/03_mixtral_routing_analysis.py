@@ -1,11 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version,-language_info,-widgets
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
-#     display_name: Python 3 (ipykernel)
+#     display_name: Python 3 (moelab)
 #     language: python
 #     name: python3
 # ---
@@ -23,11 +26,12 @@
 # * **Figure 8** — text coloured by each token's first-choice expert, for code and for prose
 #   (`token_colors_html` inline, `token_colors_figure` saved);
 #
-# plus an interactive explorer (pick a domain and a layer) when a Jupyter frontend is present.
+# plus the interactive explorer of the whole trace (`moelab.explorer.show`), saved as `03_explorer.html`.
 #
 # **Needs.** The embedded model `moelab-mixtral-tiny` and the held-out split of the corpus
 # (`MOELAB_DOCS_PER_DOMAIN` documents of each domain, windows of `MOELAB_SEQ_LEN` tokens).
-# **Takes** ~20 s on 2 CPU cores (~10 s with `MOELAB_FAST=1`).
+# **Takes** 2–8 min on 2 shared CPU cores, nearly all of it the trace cell (measured 461 s for the full
+# run and 106 s with `MOELAB_FAST=1` on a busy machine; a fresh-clone run measured 126 s).
 #
 # **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16
 # MOELAB_DEVICE=cuda` — see the note in section 4 for what changes.
@@ -44,7 +48,7 @@ DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = bfloat16 on 
 DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
 DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "24"))
 SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
-FIGURES = os.environ.get("MOELAB_FIGURES") or ("../figures" if Path.cwd().name == "notebooks" else "figures")
+FIGURES = os.environ.get("MOELAB_FIGURES") or None        # None = out/figures/ (untracked); `moelab figures` -> figures/
 FAST = os.environ.get("MOELAB_FAST", "0") == "1"            # 1 = small slices (tests)
 
 # %%
@@ -56,15 +60,14 @@ from IPython.display import HTML, display
 from matplotlib.ticker import MaxNLocator
 
 import moelab
-from moelab.notebooks import resolve_device_dtype
+from moelab.notebooks import figures_dir, resolve_device_dtype
 from moelab.data import load_documents
 from moelab.metrics import domain_distribution, expert_load, repeat_rates
 from moelab.models import DEFAULT_MODEL
 from moelab.notebooks import trace_documents
-from moelab.plots import (domain_distribution_bars, expert_colors, repeat_rates_plot, save, token_colors_figure,
-                          token_colors_html, use_style)
+from moelab.plots import domain_distribution_bars, repeat_rates_plot, save, token_colors_figure, token_colors_html
 
-FIGURES = Path(FIGURES)
+FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
 device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # cpu: bf16, one thread; cuda: fp16
 if FAST:
@@ -265,54 +268,19 @@ for domain, name in [("code", "code"), ("fiction", "prose")]:
 # %% [markdown]
 # ## 5. Interactive explorer
 #
-# Pick a domain and a layer: its sample text coloured by first-choice expert, and the
-# domain's expert load at that layer over the whole trace. Needs a live Jupyter frontend with
-# ipywidgets; in headless execution (`make figures`, the tests) it shows the default view only.
+# The held-out trace in `moelab.explorer` (the first window of every document: the whole trace,
+# 250k tokens at full size, is above the explorer's 200k limit): tokens coloured by expert at the chosen layer
+# (←/→ or the slider; "both choices" splits each token's colour), hover a token for its experts
+# and weights in every layer, click an expert for its tokens, its most frequent tokens and its
+# share of each domain, filter by domain or sequence. The same view is saved as one standalone
+# HTML file, `03_explorer.html`, that opens offline in any browser (docs/explorer.md).
 
 # %%
-load_by_domain = expert_load(tr, by="domain")["fraction"]            # (domain, layer, expert)
-samples = {str(d): sample(d, 120) for d in sorted(set(tr.columns["domain"]))}
+from moelab.explorer import show
 
-
-def explore(domain: str, layer: int):
-    toks, sub = samples[domain]
-    display(HTML(token_colors_html(toks, sub.experts[:, ids.index(layer), 0], tr.num_experts,
-                                   title=f"{domain} · layer {layer}")))
-    frac = load_by_domain.loc[(domain, layer)]
-    with use_style():
-        from matplotlib.figure import Figure
-
-        f = Figure(figsize=(5.5, 2.0), layout="constrained")
-        ax = f.add_subplot()
-        ax.bar(frac.index, frac.values, color=expert_colors(tr.num_experts))
-        ax.axhline(1 / tr.num_experts, color="0.3", ls="--", lw=1)
-        ax.set_xlabel("expert")
-        ax.set_ylabel("share")
-        ax.set_title(f"{domain}: expert load at layer {layer}")
-    display(f)
-
-
-def _frontend_available() -> bool:
-    """A Jupyter kernel with ipywidgets, and not a headless run (moelab.notebooks sets MOELAB_HEADLESS=1)."""
-    if os.environ.get("MOELAB_HEADLESS") == "1":
-        return False
-    try:
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-
-        return getattr(get_ipython(), "kernel", None) is not None
-    except Exception:
-        return False
-
-
-if _frontend_available():
-    import ipywidgets as W
-
-    pick_domain = W.Dropdown(options=list(samples), value="code" if "code" in samples else list(samples)[0],
-                             description="domain")
-    pick_layer = W.SelectionSlider(options=ids, value=ids[-1], description="layer")
-    display(W.VBox([W.HBox([pick_domain, pick_layer]),
-                    W.interactive_output(explore, {"domain": pick_domain, "layer": pick_layer})]))
-else:
-    print("no interactive frontend (headless run, or ipywidgets missing): the explorer's default view")
-    explore("code" if "code" in samples else list(samples)[0], ids[-1])
+first_windows = tr.select(tr.columns["offset"] == 0)    # every document's first window: all domains, < 5 MB
+view = show(first_windows, tok, layer=ids[-1],
+            title=f"held-out corpus, first {SEQ_LEN} tokens of each document, {MODEL_NAME}")
+path = view.save(FIGURES / "03_explorer.html")
+print(f"{path.name}: {path.stat().st_size / 1e6:.1f} MB for {first_windows.num_tokens:,} of the trace's {tr.num_tokens:,} tokens")
+view

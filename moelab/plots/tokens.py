@@ -56,7 +56,7 @@ def token_colors_html(tokens, experts_first, num_experts: int, *, title: str | N
     toks, ex = _check(tokens, experts_first, num_experts, "token_colors_html")
     colors = expert_colors(num_experts)
     out = ['<div class="moelab-tokens" style="font-family: ui-monospace, monospace; font-size: 13px; '
-           'line-height: 1.9; white-space: pre-wrap; word-break: break-all;">']
+           'line-height: 1.9; white-space: pre-wrap; overflow-wrap: anywhere;">']
     if title:
         out.append(f'<div style="font-weight: bold; margin-bottom: 4px;">{_html.escape(title)}</div>')
     for t, e in zip(toks, ex):
