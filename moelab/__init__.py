@@ -26,6 +26,8 @@ _LAZY = {
     "load_model": ("moelab.models", "load_model"),
     "load_tokenizer": ("moelab.data", "load_tokenizer"),
     "load_corpus": ("moelab.data", "load_corpus"),
+    "trace_corpus": ("moelab.corpus", "trace_corpus"),
+    "show": ("moelab.explorer", "show"),
 }
 
 
@@ -37,7 +39,7 @@ def __getattr__(name):
         value = getattr(importlib.import_module(mod), attr)
         globals()[name] = value
         return value
-    if name in ("metrics", "plots", "compute", "bench"):
+    if name in ("metrics", "plots", "compute", "bench", "serving", "explorer", "corpus", "device", "codec"):
         import importlib
 
         return importlib.import_module(f"moelab.{name}")
@@ -55,5 +57,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "load_corpus",
+    "trace_corpus",
+    "show",
     "__version__",
 ]

@@ -11,6 +11,8 @@ from conftest import tiny_mixtral
 
 import moelab
 
+pytestmark = pytest.mark.slow   # subprocesses / a real browser: `make test-fast` skips these
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

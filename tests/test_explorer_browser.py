@@ -23,6 +23,8 @@ import pytest
 import moelab
 from moelab.explorer import show
 
+pytestmark = pytest.mark.slow   # subprocesses / a real browser: `make test-fast` skips these
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 

@@ -134,6 +134,7 @@ def test_folder_mixing_different_models_is_a_mismatch_error(tmp_path):
         moelab.load_trace(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_killed_streaming_run_leaves_every_flushed_part_readable(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys, torch
