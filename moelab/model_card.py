@@ -2,6 +2,7 @@
 
     $ python -m moelab.model_card data/models/moelab-mixtral-tiny
     $ python -m moelab.model_card data/models/moelab-mixtral-tiny-pooled
+    $ python -m moelab.model_card DIR --targets-only        # print the routing targets of any folder
 
 Reads `train_config.json`, `eval.json` (held-out perplexity per domain and the
 unigram baseline), `training_log.csv` and, if present, `checkpoints.json`
@@ -238,7 +239,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir")
     p.add_argument("--tokens-per-domain", type=int, default=4096)
+    p.add_argument("--targets-only", action="store_true",
+                   help="print the routing targets of MODEL_DIR (any model folder, e.g. a checkpoint) as JSON; write nothing")
     a = p.parse_args(argv)
+    if a.targets_only:
+        t = routing_targets(trace_heldout(a.model_dir, a.tokens_per_domain))
+        t.pop("load")
+        print(json.dumps({"model_dir": str(a.model_dir), "tokens_per_domain": a.tokens_per_domain, **t}, indent=2))
+        return
     print(write_card(a.model_dir, a.tokens_per_domain))
 
 

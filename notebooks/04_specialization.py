@@ -25,7 +25,8 @@
 #   traced with each training checkpoint of the embedded model, compared with the final one.
 #
 # **Needs.** The embedded model `moelab-mixtral-tiny` *and its training checkpoints*
-# (`moelab.models.checkpoints()`), the held-out corpus. **Takes** ~1 min on 2 CPU cores
+# (`moelab.models.checkpoints()`), the held-out corpus, and for section 7 the second embedded
+# model `moelab-mixtral-tiny-pooled`. **Takes** ~1 min on 2 CPU cores
 # (~15 s with `MOELAB_FAST=1`).
 #
 # **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16

@@ -93,7 +93,7 @@ def balance_compare(models: dict, *, perplexity: dict | None = None, cv_bar: flo
         for i, lo in enumerate(mat.min(1)):
             ax.text(mat.shape[1] - 0.4, i, f" min {lo:.3f}", va="center", ha="left", fontsize=7)
         ax.set_title(str(label))
-    fig.colorbar(im, ax=list(axes[:-1]), label=f"share of the layer's assignments (uniform = {1 / mat.shape[1]:.3f})")
+    fig.colorbar(im, ax=list(axes[:-1]), label=f"share of assignments (1/E = {1 / mat.shape[1]:.3f})")
     ax = axes[-1]
     for label in loads:
         cv = table.loc[label, "cv"]
