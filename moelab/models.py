@@ -1,8 +1,10 @@
 """load_model: the embedded default Mixtral, or any supported model by id or path.
 
+    >>> import moelab, torch
     >>> model, tok = moelab.load_model()                          # embedded, offline, bf16 on CPU
     >>> model.config.num_local_experts, model.config.num_experts_per_tok
     (8, 2)
+    >>> pooled, _ = moelab.load_model("moelab-mixtral-tiny-pooled", tokenizer=False)   # the second embedded model
     >>> model, tok = moelab.load_model("mistralai/Mixtral-8x7B-v0.1",       # doctest: +SKIP
     ...                                dtype=torch.float16, device_map="auto", allow_download=True)
 
