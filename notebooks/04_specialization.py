@@ -279,8 +279,8 @@ fig
 #   counts and probabilities over *all layers* before the product, so the loss is content when layers
 #   favour different experts.
 #
-# We trace the pooled model on the same held-out windows as section 1 and put the per-layer load
-# and its CV side by side. Perplexities are the mixed held-out values each model's training run
+# We trace the pooled model on the same held-out windows as the final checkpoint in section 6
+# and put the per-layer load and its CV side by side. Perplexities are the mixed held-out values each model's training run
 # recorded (`eval.json`, 20,000 held-out tokens per domain).
 
 # %%
@@ -290,8 +290,9 @@ from moelab.plots.balance_compare import balance_compare, layer_load_table
 if MODEL is not None or embedded_model_dir(POOLED_MODEL) is None:
     print("section 7 compares the two embedded models; it is skipped for", MODEL or "a missing pooled model")
 else:
-    pooled_model, _ = moelab.load_model(POOLED_MODEL, dtype=dtype, tokenizer=False)
-    tr_pooled = trace_documents(pooled_model, tok, docs, seq_len=SEQ_LEN, progress=False)
+    pooled_model, _ = moelab.load_model(POOLED_MODEL, dtype=torch.bfloat16 if device == "cpu" else torch.float16,
+                                        device_map=device_map, tokenizer=False)   # as the checkpoints
+    tr_pooled = trace_documents(pooled_model, ckpt_tok, sat_docs, seq_len=SEQ_LEN, progress=False)
     del pooled_model
     label = {}
     ppl = {}
@@ -299,11 +300,11 @@ else:
         root = embedded_model_dir(name)
         label[name] = f"{json.loads((root / 'train_config.json').read_text()).get('balance', 'pooled')} loss ({name})"
         ppl[label[name]] = json.loads((root / "eval.json").read_text())["mixed_heldout_perplexity"]
-    both = {label[DEFAULT_MODEL]: tr, label[POOLED_MODEL]: tr_pooled}
+    both = {label[DEFAULT_MODEL]: final, label[POOLED_MODEL]: tr_pooled}   # final: section 6, same windows
     table = layer_load_table(both)
     table.to_csv(FIGURES / "04_balance_compare.csv")
     fig = balance_compare(both, perplexity=ppl, cv_bar=0.35,
-                          title=f"Pooled vs per-layer balance loss ({tr.num_tokens:,} held-out tokens)")
+                          title=f"Pooled vs per-layer balance loss ({final.num_tokens:,} held-out tokens)")
     save(fig, "04_balance_compare", outdir=FIGURES, formats=("png", "pdf"))
     display(fig)
     display(table.unstack("model").round(3))
