@@ -1,12 +1,18 @@
-"""Write the embedded model's card (README.md) from what was measured, never from assumptions.
+"""Write an embedded model's card (README.md) from what was measured, never from assumptions.
 
     $ python -m moelab.model_card data/models/moelab-mixtral-tiny
+    $ python -m moelab.model_card data/models/moelab-mixtral-tiny-pooled
+    $ python -m moelab.model_card DIR --targets-only        # print the routing targets of any folder
 
 Reads `train_config.json`, `eval.json` (held-out perplexity per domain and the
-unigram baseline), `checkpoints.json` and `training_log.csv` written by
-`moelab.train`, traces up to `--tokens-per-domain` held-out tokens per domain
-with the final model to measure the load per expert per layer, and writes the
-card plus `routing_load.csv`.
+unigram baseline), `training_log.csv` and, if present, `checkpoints.json`
+written by `moelab.train`; traces up to `--tokens-per-domain` held-out tokens
+per domain with the final model (`routing_targets`) to measure the load per
+expert per layer, and writes the card, `routing_load.csv` and `targets.json`
+(the issue-16 targets: mixed held-out perplexity, the smallest expert share of
+each layer, per-layer CV).
+
+References: Fedus et al. 2021 (Switch, eq. 4); Jiang et al. 2024 (Mixtral).
 """
 
 from __future__ import annotations
@@ -18,46 +24,109 @@ from pathlib import Path
 
 import numpy as np
 
+# issue 16: the per-layer model must be at least as good as the pooled one (99.5) and balanced per layer
+TARGETS = {"mixed_heldout_perplexity": 99.5, "min_expert_share": 0.04, "max_layer_cv": 0.35}
 
-def measure_load(model_dir: Path, tokens_per_domain: int = 4096, seq_len: int = 256):
-    """Trace held-out windows of every domain; returns (trace, expert_load fractions (layers, E))."""
+
+def trace_heldout(model_dir, tokens_per_domain: int = 4096, seq_len: int = 256, dtype="float32"):
+    """Trace (with logits) the first `tokens_per_domain` held-out tokens of every domain, tagged by domain."""
     import torch
 
     import moelab
 
     from .train import tokenize_split
 
-    model, tok = moelab.load_model(str(model_dir))
+    model, _ = moelab.load_model(str(model_dir), dtype=dtype, tokenizer=False)
     streams = tokenize_split("heldout", max_tokens=tokens_per_domain)
     tracer = moelab.trace(model, logits=True)
     with tracer as tr, torch.no_grad():
         for d, s in streams.items():
-            n = len(s) // seq_len
-            ids = torch.from_numpy(s[: n * seq_len].reshape(n, seq_len).astype(np.int64))
+            n = max(1, len(s) // seq_len)
+            w = min(seq_len, len(s))
+            ids = torch.from_numpy(s[: n * w].reshape(n, w).astype(np.int64))   # (windows, seq_len)
             tracer.tag(domain=d)
             model(input_ids=ids, use_cache=False)
-    load = moelab.metrics.expert_load(tr)["fraction"].unstack("expert")
-    return tr, load
+    return tr
+
+
+def routing_targets(trace) -> dict:
+    """{"load": (layers, E) fractions, "min_expert_share", "max_layer_cv", per-layer lists} of a trace."""
+    import moelab
+
+    load = moelab.metrics.expert_load(trace)["fraction"].unstack("expert")   # (layers, E), rows sum to 1
+    bal = moelab.metrics.balance(trace)
+    return {
+        "load": load,
+        "tokens": int(trace.num_tokens),
+        "min_share_per_layer": [float(v) for v in load.min(axis=1)],
+        "cv_per_layer": [float(v) for v in bal["cv"]],
+        "min_expert_share": float(load.to_numpy().min()),
+        "max_layer_cv": float(bal["cv"].max()),
+        "per_layer_aux": [float(v) for v in bal["hf_aux"]],
+        "pooled_aux": float(moelab.metrics.hf_aux_loss(trace)),
+    }
+
+
+def _train_time(cfg, ev, log) -> tuple[float, str]:
+    if "train_seconds" in ev:
+        return float(ev["train_seconds"]), "wall time of the training loop"
+    n = cfg["batch_size"] * cfg["seq_len"]
+    return float(sum(n / float(r["tokens_per_s"]) for r in log)), "sum of the logged step times"
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+POOLED_WHY = """**Why so unbalanced, with a load-balancing loss in training?** transformers' `load_balancing_loss_func`
+(the loss Mixtral is trained with in transformers) pools the router outputs of *all layers* before
+computing E·Σᵢ fᵢ·Pᵢ, so expert i of layer 0 and expert i of layer 3 count as one expert. On these
+tokens the pooled value is **{pooled:.3f}** (≈ k = {k}, perfectly "balanced"), while the same quantity per
+layer is {per_layer} (layers {layers}).
+The loss was satisfied by layers favouring *different* experts, not by balancing each layer. The default
+model `moelab-mixtral-tiny` is the same recipe (architecture, data, steps, seed, coefficient) with the
+Switch loss computed per layer (`moelab.train.switch_balance_loss`), as in Switch, GShard, Mixtral's own
+training and Megatron-Core; compare its card. We keep this model, final weights only, because it shows
+the effect (notebook 04, "pooled vs per-layer balance").
+(`moelab.metrics.balance(trace)["hf_aux"]` is per layer, `moelab.metrics.hf_aux_loss(trace)` reproduces
+transformers' pooled value.)"""
+
+PER_LAYER_WHY = """**Balance loss.** Trained with `moelab.train.switch_balance_loss`: for each MoE layer
+E·Σᵢ fᵢ·Pᵢ from that layer's router logits (fᵢ = top-{k} assignments to expert i per token, Pᵢ = mean router
+probability; Fedus et al. 2021 eq. 4 per layer, as Switch, GShard, Mixtral's training and Megatron-Core
+apply it), averaged over layers, weight {coef}. On these held-out tokens the per-layer values are
+{per_layer} (layers {layers}; {k} = balanced) and transformers' pooled value is {pooled:.3f}. The earlier
+model trained with transformers' pooled loss is kept as `moelab-mixtral-tiny-pooled` (its card explains
+why pooling let layers collapse)."""
 
 
 def write_card(model_dir, tokens_per_domain: int = 4096) -> Path:
-    import moelab
-
     model_dir = Path(model_dir)
+    name = model_dir.name
     cfg = json.loads((model_dir / "train_config.json").read_text())
     ev = json.loads((model_dir / "eval.json").read_text())
-    ckpts = json.loads((model_dir / "checkpoints.json").read_text())
+    ck_path = model_dir / "checkpoints.json"
+    ckpts = json.loads(ck_path.read_text()) if ck_path.is_file() else []
     with open(model_dir / "training_log.csv") as f:
         log = list(csv.DictReader(f))
+    kind = cfg.get("balance", "pooled")   # models trained before the `balance` field used the pooled loss
     tps = np.array([float(r["tokens_per_s"]) for r in log])
-    tr, load = measure_load(model_dir, tokens_per_domain)
+    seconds, how = _train_time(cfg, ev, log)
+    tr = trace_heldout(model_dir, tokens_per_domain, cfg["seq_len"])
+    t = routing_targets(tr)
+    load = t.pop("load")
     load.to_csv(model_dir / "routing_load.csv", float_format="%.4f")
+    targets = {"targets": TARGETS, "mixed_heldout_perplexity": ev["mixed_heldout_perplexity"],
+               "heldout_tokens_traced": t["tokens"], "tokens_per_domain": tokens_per_domain,
+               "trace_dtype": "float32", **t}
+    (model_dir / "targets.json").write_text(json.dumps(targets, indent=2))
+
+    import moelab
+
     bal = moelab.metrics.balance(tr)
     rr = moelab.metrics.repeat_rates(tr)
-    pooled = moelab.metrics.hf_aux_loss(tr)
-    k = cfg["num_experts_per_tok"]
+    k, E = cfg["num_experts_per_tok"], cfg["num_local_experts"]
     size = sum(p.stat().st_size for p in model_dir.rglob("*.safetensors"))
-
     rows = "\n".join(
         f"| {d} | {ev['heldout_perplexity'][d]:.1f} | {ev['unigram_perplexity'][d]:.1f} | "
         f"{ev['unigram_perplexity'][d] / ev['heldout_perplexity'][d]:.1f}x |"
@@ -66,72 +135,95 @@ def write_card(model_dir, tokens_per_domain: int = 4096) -> Path:
         f"| {layer} | " + " | ".join(f"{v:.3f}" for v in load.loc[layer]) +
         f" | {bal.loc[layer, 'cv']:.2f} | {bal.loc[layer, 'maxvio']:.2f} | {rr.loc[layer, 'first']:.3f} |"
         for layer in load.index)
-    ck_rows = "\n".join(f"| {c['step']} | {c['tokens_seen']:,} | {c['ce_loss']:.3f} | `{c['path']}` |" for c in ckpts)
-    E = cfg["num_local_experts"]
-    card = f"""# moelab-mixtral-tiny: the embedded default model
-
-A small model with Mixtral 8x7B's architecture (`transformers.MixtralForCausalLM`: top-{cfg['num_experts_per_tok']}
-of {E} SwiGLU experts per layer, GQA attention, RoPE, RMSNorm) and Mixtral's own tokenizer (SentencePiece,
-32,000 pieces, from `mistral-common`), trained from scratch on 2 CPU cores on moelab's 12-domain corpus
-(`data/corpus/`, train split). It exists so that every notebook shows real, learned routing, offline and
-in minutes. It is a teaching and testing model, not a useful language model.
-
-Load it with `model, tok = moelab.load_model()` (bf16 on CPU by default) or with plain transformers:
-`MixtralForCausalLM.from_pretrained("data/models/moelab-mixtral-tiny")`.
-
-## Architecture and training (`moelab/train.py`, rerun with `python -m moelab.train --out DIR --steps {cfg['steps']}`)
-
-| | |
-|---|---|
-| layers / hidden / heads / KV heads | {cfg['num_hidden_layers']} / {cfg['hidden_size']} / {cfg['num_attention_heads']} / {cfg['num_key_value_heads']} |
-| experts / top-k / expert intermediate size | {E} / {cfg['num_experts_per_tok']} / {cfg['intermediate_size']} |
-| vocabulary / tied embeddings | 32,000 / {cfg['tie_word_embeddings']} |
-| parameters | {ev['parameters']:,} |
-| steps x batch x sequence | {cfg['steps']} x {cfg['batch_size']} x {cfg['seq_len']} = {ev['tokens_seen']:,} tokens |
-| optimiser | AdamW (0.9, 0.95), lr {cfg['lr']} cosine to {cfg['min_lr']}, warm-up {cfg['warmup']}, wd {cfg['weight_decay']}, clip {cfg['grad_clip']} |
-| router aux loss coefficient | {cfg['aux_loss_coef']} (transformers' `load_balancing_loss_func`) |
-| experts implementation | `{cfg['experts_implementation']}`, fp32 master weights, seed {cfg['seed']} |
-| throughput (median over steps) | {np.median(tps):,.0f} tokens/s on this 2-core machine (shared with other work; see `training_log.csv`) |
-| weights on disk | bf16 safetensors, {size / 1e6:.1f} MB for the final model and all checkpoints |
-
-## Quality (held-out split, `eval.json`)
-
-Perplexity on up to {cfg['eval_tokens']:,} held-out tokens per domain, non-overlapping windows of
-{cfg['seq_len']}, against an add-one-smoothed unigram model fitted on the same training tokens.
-Mixed held-out set: model **{ev['mixed_heldout_perplexity']:.1f}**, unigram
-**{ev['mixed_unigram_perplexity']:.1f}**, i.e. the model is **{ev['unigram_over_model']:.1f}x** better.
-
-| domain | model perplexity | unigram perplexity | unigram / model |
-|---|---:|---:|---:|
-{rows}
-
-## Routing (measured on {tr.num_tokens:,} held-out tokens, `routing_load.csv`)
-
-Fraction of top-{cfg['num_experts_per_tok']} assignments per expert (uniform = {1 / E:.3f}), the balance
-metrics of `moelab.metrics.balance`, and the rate at which consecutive tokens share their first
-choice (`repeat_rates`; random = {1 / E:.3f}):
-
-| layer | {' | '.join(f'e{i}' for i in range(E))} | CV | MaxVio | same first choice |
-|---|{'---:|' * E}---:|---:|---:|
-{load_rows}
-
-**Why so unbalanced, with a load-balancing loss in training?** transformers' `load_balancing_loss_func`
-(the loss Mixtral is trained with in transformers) pools the router outputs of *all layers* before
-computing E·Σᵢ fᵢ·Pᵢ, so expert i of layer 0 and expert i of layer 3 count as one expert. On these
-tokens the pooled value is **{pooled:.3f}** (≈ k = {k}, perfectly "balanced"), while the same quantity per
-layer is {', '.join(f'{v:.2f}' for v in bal['hf_aux'])} (layers {', '.join(str(i) for i in bal.index)}).
-The loss was satisfied by layers favouring *different* experts, not by balancing each layer. A
-per-layer loss (as in Switch/GShard, one loss per MoE layer) would have prevented it; we keep the
-model as trained because it shows the effect. (`moelab.metrics.balance(trace)["hf_aux"]` is per layer,
-`moelab.metrics.hf_aux_loss(trace)` reproduces transformers' pooled value.)
-
-## Checkpoints (`checkpoints/`, for the router-saturation study of OLMoE §5)
+    fmt = dict(pooled=t["pooled_aux"], k=k, coef=cfg["aux_loss_coef"],
+               per_layer=", ".join(f"{v:.2f}" for v in t["per_layer_aux"]),
+               layers=", ".join(str(i) for i in load.index))
+    why = (PER_LAYER_WHY if kind == "per_layer" else POOLED_WHY).format(**fmt)
+    loss_name = ("per-layer Switch loss (`moelab.train.switch_balance_loss`)" if kind == "per_layer"
+                 else "transformers' pooled `load_balancing_loss_func`")
+    ppl, mn, cv = ev["mixed_heldout_perplexity"], t["min_expert_share"], t["max_layer_cv"]
+    title = ("the embedded default model" if kind == "per_layer"
+             else "the embedded model trained with transformers' pooled balance loss (final weights only)")
+    if ckpts:
+        ck_rows = "\n".join(f"| {c['step']} | {c['tokens_seen']:,} | {c['ce_loss']:.3f} | `{c['path']}` |"
+                            for c in ckpts)
+        ck_section = f"""## Checkpoints (`checkpoints/`, for the router-saturation study of OLMoE §5)
 
 | step | tokens seen | train CE loss | path |
 |---|---:|---:|---|
 {ck_rows}
 
-Each folder loads with `moelab.load_model(path)`; `moelab.models.checkpoints()` lists them.
+Each folder loads with `moelab.load_model(path)`; `moelab.models.checkpoints("{name}")` lists them."""
+    else:
+        ck_section = ("## Checkpoints\n\nNone shipped: this model keeps its final weights only "
+                      "(the default model carries the checkpoints for the saturation study).")
+    # models trained before `balance` existed got the pooled loss from transformers' forward (labels=...);
+    # `--balance pooled` computes the same function explicitly
+    retrain = (f"python -m moelab.train --out DIR --steps {cfg['steps']} --batch-size {cfg['batch_size']} "
+               f"--balance {kind} --aux-loss-coef {cfg['aux_loss_coef']}")
+    card = f"""# {name}: {title}
+
+A small model with Mixtral 8x7B's architecture (`transformers.MixtralForCausalLM`: top-{k}
+of {E} SwiGLU experts per layer, GQA attention, RoPE, RMSNorm) and Mixtral's own tokenizer (SentencePiece,
+32,000 pieces, from `mistral-common`), trained from scratch on 2 CPU cores on moelab's 12-domain corpus
+(`data/corpus/`, train split). It exists so that every notebook shows real, learned routing, offline and
+in minutes. It is a teaching and testing model, not a useful language model.
+
+Load it with `model, tok = moelab.load_model({'' if kind == 'per_layer' else repr(name)})` (bf16 on CPU by default) or with plain
+transformers: `MixtralForCausalLM.from_pretrained("data/models/{name}")`.
+
+## Targets (issue 16; `targets.json`, written by `python -m moelab.model_card data/models/{name}`)
+
+| target | measured | bar | |
+|---|---:|---:|---|
+| mixed held-out perplexity (`eval.json`) | {ppl:.1f} | ≤ {TARGETS['mixed_heldout_perplexity']} | {_mark(round(ppl, 1) <= TARGETS['mixed_heldout_perplexity'])} |
+| smallest expert share of any layer (held-out) | {mn:.3f} | ≥ {TARGETS['min_expert_share']} | {_mark(mn >= TARGETS['min_expert_share'])} |
+| largest per-layer CV (held-out) | {cv:.2f} | ≤ {TARGETS['max_layer_cv']} | {_mark(cv <= TARGETS['max_layer_cv'])} |
+
+Smallest share per layer: {', '.join(f'{v:.3f}' for v in t['min_share_per_layer'])}; CV per layer:
+{', '.join(f'{v:.2f}' for v in t['cv_per_layer'])} (layers {fmt['layers']}), on {t['tokens']:,} held-out tokens
+({tokens_per_domain:,} per domain) traced in fp32 from the bf16 weights.
+
+## Architecture and training (`moelab/train.py`, rerun with `{retrain}`)
+
+| | |
+|---|---|
+| layers / hidden / heads / KV heads | {cfg['num_hidden_layers']} / {cfg['hidden_size']} / {cfg['num_attention_heads']} / {cfg['num_key_value_heads']} |
+| experts / top-k / expert intermediate size | {E} / {k} / {cfg['intermediate_size']} |
+| vocabulary / tied embeddings | 32,000 / {cfg['tie_word_embeddings']} |
+| parameters | {ev['parameters']:,} |
+| steps x batch x sequence | {cfg['steps']} x {cfg['batch_size']} x {cfg['seq_len']} = {ev['tokens_seen']:,} training tokens |
+| balance loss | {loss_name}, coefficient {cfg['aux_loss_coef']} |
+| optimiser | AdamW (0.9, 0.95), lr {cfg['lr']} cosine to {cfg['min_lr']}, warm-up {cfg['warmup']}, wd {cfg['weight_decay']}, clip {cfg['grad_clip']} |
+| experts implementation | `{cfg['experts_implementation']}`, fp32 master weights, seed {cfg['seed']} |
+| training time | {seconds / 60:.1f} min ({how}), torch threads {ev.get('torch_threads', cfg.get('threads') or 'default')} |
+| throughput (median over steps) | {np.median(tps):,.0f} tokens/s on this 2-core machine (shared with other work; see `training_log.csv`) |
+| weights on disk | bf16 safetensors, {size / 1e6:.1f} MB for this folder{' (final model and all checkpoints)' if ckpts else ''} |
+
+## Quality (held-out split, `eval.json`)
+
+Perplexity on up to {cfg['eval_tokens']:,} held-out tokens per domain, non-overlapping windows of
+{cfg['seq_len']}, against an add-one-smoothed unigram model fitted on the same training tokens.
+Mixed held-out set: model **{ppl:.1f}**, unigram **{ev['mixed_unigram_perplexity']:.1f}**, i.e. the
+model is **{ev['unigram_over_model']:.1f}x** better.
+
+| domain | model perplexity | unigram perplexity | unigram / model |
+|---|---:|---:|---:|
+{rows}
+
+## Routing (measured on {t['tokens']:,} held-out tokens, `routing_load.csv`)
+
+Fraction of top-{k} assignments per expert (uniform = {1 / E:.3f}), the balance metrics of
+`moelab.metrics.balance`, and the rate at which consecutive tokens share their first choice
+(`repeat_rates`; random = {1 / E:.3f}):
+
+| layer | {' | '.join(f'e{i}' for i in range(E))} | CV | MaxVio | same first choice |
+|---|{'---:|' * E}---:|---:|---:|
+{load_rows}
+
+{why}
+
+{ck_section}
 
 ## Data and licences
 
@@ -147,7 +239,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir")
     p.add_argument("--tokens-per-domain", type=int, default=4096)
+    p.add_argument("--targets-only", action="store_true",
+                   help="print the routing targets of MODEL_DIR (any model folder, e.g. a checkpoint) as JSON; write nothing")
     a = p.parse_args(argv)
+    if a.targets_only:
+        t = routing_targets(trace_heldout(a.model_dir, a.tokens_per_domain))
+        t.pop("load")
+        print(json.dumps({"model_dir": str(a.model_dir), "tokens_per_domain": a.tokens_per_domain, **t}, indent=2))
+        return
     print(write_card(a.model_dir, a.tokens_per_domain))
 
 

@@ -1,14 +1,18 @@
 """load_model: the embedded default Mixtral, or any supported model by id or path.
 
-    >>> model, tok = moelab.load_model()                          # embedded, offline, bf16 on CPU
+    >>> import moelab, torch
+    >>> model, tok = moelab.load_model()          # embedded, offline; bf16 where the CPU has it natively, else fp32
     >>> model.config.num_local_experts, model.config.num_experts_per_tok
     (8, 2)
     >>> model, tok = moelab.load_model("mistralai/Mixtral-8x7B-v0.1",       # doctest: +SKIP
     ...                                dtype=torch.float16, device_map="auto", allow_download=True)
 
-The embedded model lives in `data/models/moelab-mixtral-tiny/` (see its
-README.md, the model card); its training checkpoints are listed by
-`checkpoints()`. Nothing here reaches the network unless `allow_download=True`.
+The embedded models live in `data/models/<name>/` (each has a README.md, its
+model card) and load by name: `moelab-mixtral-tiny` is the default (its
+training checkpoints are listed by `checkpoints()`). The name
+`moelab-mixtral-tiny-pooled` is reserved for the pooled-loss contrast model of
+issue 16, once the default is retrained with the per-layer loss. Nothing here
+reaches the network unless `allow_download=True`.
 """
 
 from __future__ import annotations
@@ -22,15 +26,39 @@ import torch
 from .data import data_dir, load_tokenizer
 
 DEFAULT_MODEL = "moelab-mixtral-tiny"
+POOLED_MODEL = "moelab-mixtral-tiny-pooled"   # same recipe, transformers' pooled balance loss
 
 
 def default_model_dir() -> Path:
     return data_dir() / "models" / DEFAULT_MODEL
 
 
+def embedded_models() -> list[str]:
+    """Names of the embedded models in `data/models/` (folders with a config.json)."""
+    root = data_dir() / "models"
+    return sorted(p.parent.name for p in root.glob("*/config.json")) if root.is_dir() else []
+
+
+def embedded_model_dir(name: str) -> Path | None:
+    """`data/models/<name>` when `name` is an embedded model's name (not a path), else None."""
+    if not name or os.sep in str(name) or "/" in str(name):
+        return None
+    path = data_dir() / "models" / str(name)
+    return path if (path / "config.json").is_file() else None
+
+
 def checkpoints(name: str | os.PathLike | None = None) -> list[dict]:
-    """Training checkpoints of the embedded model: [{step, tokens_seen, ce_loss, path}], final last."""
-    root = Path(name) if name else default_model_dir()
+    """Training checkpoints of an embedded model (default: the default one), or of a folder.
+
+    [{step, tokens_seen, ce_loss, path}], final last. `name` is an embedded model's name or a
+    folder holding `checkpoints.json`.
+    """
+    root = (embedded_model_dir(name) or Path(name)) if name else default_model_dir()
+    if not (root / "checkpoints.json").is_file():
+        raise FileNotFoundError(
+            f"{root} has no checkpoints.json; only models trained by `python -m moelab.train` with their "
+            f"checkpoints have one (the default {DEFAULT_MODEL!r} does; {POOLED_MODEL!r} ships its final weights only)"
+        )
     info = json.loads((root / "checkpoints.json").read_text())
     for c in info:
         c["path"] = str((root / c["path"]).resolve())
@@ -48,9 +76,10 @@ def load_model(name: str | os.PathLike | None = None, *, dtype: torch.dtype | st
                device_map=None, allow_download: bool = False, tokenizer: bool = True, **kwargs):
     """(model, tokenizer). No name: the embedded small Mixtral, offline.
 
-    name            a local folder (config.json + safetensors) or a hub id
-    dtype           torch dtype; default for the embedded model: bf16 where the CPU runs it natively, else
-                    fp32 (`moelab.device`); for other checkpoints their own
+    name            an embedded model's name (`embedded_models()`), a local folder
+                    (config.json + safetensors) or a hub id
+    dtype           torch dtype; default for the embedded models: bf16 where the CPU runs it natively,
+                    else fp32 (`moelab.device`); for other checkpoints their own
     device_map      passed to transformers/accelerate ("auto", a dict, ...)
     allow_download  hub ids are looked up in the local HF cache only unless True
     kwargs          passed to `from_pretrained` (e.g. experts_implementation="grouped_mm")
@@ -65,6 +94,9 @@ def load_model(name: str | os.PathLike | None = None, *, dtype: torch.dtype | st
                 "or retrain it with `python -m moelab.train --out data/models/moelab-mixtral-tiny`."
             )
         name = str(path)
+        dtype = dtype or _default_dtype()
+    elif embedded_model_dir(str(name)) is not None and not Path(name).expanduser().exists():
+        name = str(embedded_model_dir(str(name)))
         dtype = dtype or _default_dtype()
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
@@ -97,8 +129,8 @@ def load_model(name: str | os.PathLike | None = None, *, dtype: torch.dtype | st
 
 def _tokenizer_for(local: Path | None, name, allow_download: bool):
     """Mixtral's SentencePiece tokenizer for the embedded model and Mixtral/Mistral folders without their own."""
-    if local is not None and local.resolve() == default_model_dir().resolve():
-        return load_tokenizer()
+    if local is not None and local.resolve().parent == (data_dir() / "models").resolve():
+        return load_tokenizer()  # every embedded model uses Mixtral's tokenizer
     if local is not None and not any((local / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
         model_type = json.loads((local / "config.json").read_text()).get("model_type")
         if model_type in ("mixtral", "mistral"):

@@ -5,10 +5,20 @@
 
 The model is `transformers.MixtralForCausalLM` (top-2 of 8 SwiGLU experts per
 layer, GQA attention, RoPE, RMSNorm) with Mixtral 8x7B's tokenizer (32,000
-pieces), trained from scratch with next-token cross-entropy plus the router
-load-balancing loss (Switch Transformer / `load_balancing_loss_func`, weight
-`aux_loss_coef`). Each step samples `batch_size` windows of `seq_len` tokens,
-domains drawn uniformly so that every domain is seen equally often.
+pieces), trained from scratch with next-token cross-entropy plus a router
+load-balancing loss of weight `aux_loss_coef`, chosen by `balance`:
+
+  "per_layer"  `switch_balance_loss`: the Switch loss E·Σᵢ fᵢ·Pᵢ computed for each
+               MoE layer from that layer's router logits, averaged over layers
+               (Fedus et al. 2021 eq. 4 applied per layer, as in Switch, GShard,
+               Mixtral's training and Megatron-Core). The default.
+  "pooled"     transformers' `load_balancing_loss_func`: counts and probabilities
+               summed over all layers *before* the product, so it balances the
+               pooled load and a layer may collapse while another compensates
+               (how `moelab-mixtral-tiny-pooled` was trained).
+
+Each step samples `batch_size` windows of `seq_len` tokens, domains drawn
+uniformly so that every domain is seen equally often.
 
 Saved next to the final weights: `checkpoints/step-XXXXXX/` (same format, for
 the router-saturation study of OLMoE §5), `training_log.csv` (loss, aux loss,
@@ -56,6 +66,7 @@ class TrainConfig:
     warmup: int = 100
     weight_decay: float = 0.1
     aux_loss_coef: float = 0.02           # Mixtral's router_aux_loss_coef
+    balance: str = "per_layer"            # "per_layer" (Switch loss per layer) | "pooled" (transformers')
     grad_clip: float = 1.0
     seed: int = 0
     experts_implementation: str = "grouped_mm"  # fastest on CPU here (~4.5x eager)
@@ -91,8 +102,12 @@ class TrainConfig:
         )
 
 
+BALANCE_LOSSES = ("per_layer", "pooled")
+
 PRESETS = {
     "default": {},
+    # today's second model: the same recipe with transformers' pooled loss (data/models/moelab-mixtral-tiny-pooled)
+    "pooled": dict(balance="pooled"),
     # a few steps of a much smaller model: used by the test suite so the training code cannot rot
     "smoke": dict(hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=1, seq_len=32, batch_size=4, steps=6, warmup=2,
@@ -135,6 +150,51 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+# ----------------------------------------------------------------------------- balance loss
+def switch_balance_loss(router_logits, top_k: int) -> torch.Tensor:
+    """Switch load-balancing loss per MoE layer, averaged over layers (a scalar tensor).
+
+        >>> lg = torch.zeros(4, 8)                                    # (tokens, experts): uniform probs
+        >>> float(switch_balance_loss((lg, lg), top_k=2))             # ties go to experts 0, 1
+        2.0
+
+    router_logits  one (tokens, E) tensor per layer (`output_router_logits=True`)
+    For layer l: E · Σᵢ fᵢ · Pᵢ with fᵢ = (top-k assignments to i) / tokens and
+    Pᵢ = mean router probability of i (Fedus et al. 2021 eq. 4; fᵢ counts every
+    top-k slot, transformers' convention, so a balanced layer gives k and the
+    coefficient means the same as for `load_balancing_loss_func`). The gradient
+    flows through Pᵢ only. Equals `moelab.metrics.balance(trace)["hf_aux"].mean()`
+    on a trace of the same tokens; transformers' pooled loss equals it only when
+    every layer has the same load.
+    """
+    if isinstance(router_logits, torch.Tensor):
+        router_logits = (router_logits,)
+    if not router_logits:
+        raise ValueError("switch_balance_loss got no router logits; run the model with output_router_logits=True")
+    losses = []
+    for lg in router_logits:                                      # (tokens, E)
+        if lg.dim() != 2:
+            raise ValueError(f"router logits must be (tokens, experts) per layer, got shape {tuple(lg.shape)}")
+        E = lg.shape[-1]
+        p = torch.softmax(lg.float(), dim=-1)                     # (tokens, E)
+        idx = torch.topk(p, top_k, dim=-1).indices                # (tokens, k)
+        f = torch.zeros(E, device=p.device).index_add_(0, idx.reshape(-1), torch.ones(idx.numel(), device=p.device))
+        f = f / p.shape[0]                                        # (E,) sums to k
+        losses.append(E * (f * p.mean(0)).sum())
+    return torch.stack(losses).mean()
+
+
+def balance_loss(router_logits, num_experts: int, top_k: int, kind: str) -> torch.Tensor:
+    """The aux loss of `TrainConfig.balance`: "per_layer" or "pooled" (transformers')."""
+    if kind == "per_layer":
+        return switch_balance_loss(router_logits, top_k)
+    if kind == "pooled":
+        from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+        return load_balancing_loss_func(tuple(router_logits), num_experts, top_k)
+    raise ValueError(f"balance={kind!r} is not a balance loss; use one of {BALANCE_LOSSES}")
 
 
 # ----------------------------------------------------------------------------- eval
@@ -185,6 +245,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.balance not in BALANCE_LOSSES:
+        raise ValueError(f"TrainConfig.balance={cfg.balance!r}; use one of {BALANCE_LOSSES}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -205,25 +267,36 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
     checkpoints, tokens_seen = [], 0
     with open(log_path, "w", newline="") as f:
         log = csv.writer(f)
-        log.writerow(["step", "lr", "loss", "ce_loss", "aux_loss", "tokens_seen", "tokens_per_s"])
+        # aux_loss is the loss trained on; aux_per_layer / aux_pooled are both values (one is the same number)
+        log.writerow(["step", "lr", "loss", "ce_loss", "aux_loss", "aux_per_layer", "aux_pooled",
+                      "tokens_seen", "tokens_per_s"])
         bar = tqdm(range(1, cfg.steps + 1), desc="train", disable=not progress)
+        t_start = time.perf_counter()
         for step in bar:
             t0 = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step - 1, cfg)
             x = sample_batch(train_streams, cfg.batch_size, cfg.seq_len, rng)  # (batch, seq_len)
-            outp = model(x, labels=x, output_router_logits=True)  # transformers shifts labels inside
+            outp = model(x, output_router_logits=True)            # no labels: the loss is ours
+            logits = outp.logits[:, :-1].float()                  # (batch, seq_len - 1, vocab)
+            ce_t = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+            E, k = mcfg.num_local_experts, mcfg.num_experts_per_tok
+            aux_t = balance_loss(outp.router_logits, E, k, cfg.balance)
+            loss_t = ce_t + cfg.aux_loss_coef * aux_t
             opt.zero_grad(set_to_none=True)
-            outp.loss.backward()
+            loss_t.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             dt = time.perf_counter() - t0
             n = cfg.batch_size * cfg.seq_len
             tokens_seen += n
-            aux = float(outp.aux_loss.detach())
-            ce = float(outp.loss.detach()) - cfg.aux_loss_coef * aux
-            log.writerow([step, f"{lr_at(step - 1, cfg):.3e}", f"{float(outp.loss.detach()):.4f}", f"{ce:.4f}",
-                          f"{aux:.4f}", tokens_seen, f"{n / dt:.0f}"])
+            with torch.no_grad():
+                rl = tuple(r.detach() for r in outp.router_logits)
+                aux_pl = float(balance_loss(rl, E, k, "per_layer"))
+                aux_po = float(balance_loss(rl, E, k, "pooled"))
+            aux, ce = float(aux_t.detach()), float(ce_t.detach())
+            log.writerow([step, f"{lr_at(step - 1, cfg):.3e}", f"{float(loss_t.detach()):.4f}", f"{ce:.4f}",
+                          f"{aux:.4f}", f"{aux_pl:.4f}", f"{aux_po:.4f}", tokens_seen, f"{n / dt:.0f}"])
             bar.set_postfix(loss=f"{ce:.3f}", aux=f"{aux:.3f}", tok_s=f"{n / dt:.0f}")
             if step in ckpt_steps or step == cfg.steps:
                 f.flush()
@@ -233,6 +306,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
                                     "path": str(sub.relative_to(out)) if sub != out else "."})
                 model.train()
 
+    train_seconds = time.perf_counter() - t_start
     model.eval()
     ppl = heldout_perplexity(model, heldout_streams, cfg.seq_len)
     uni = unigram_perplexity(train_streams, heldout_streams, mcfg.vocab_size)
@@ -245,6 +319,9 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
         "eval_tokens_per_domain": {d: int(len(s) - 1) for d, s in heldout_streams.items()},
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "tokens_seen": tokens_seen,
+        "balance": cfg.balance,
+        "train_seconds": round(train_seconds, 1),          # wall time of the training loop (incl. checkpoints)
+        "torch_threads": torch.get_num_threads(),
     }
     result["unigram_over_model"] = result["mixed_unigram_perplexity"] / result["mixed_heldout_perplexity"]
     (out / "eval.json").write_text(json.dumps(result, indent=2))
@@ -258,11 +335,15 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output folder (final weights + checkpoints/)")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--aux-loss-coef", type=float)
+    p.add_argument("--balance", choices=BALANCE_LOSSES)
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
     cfg = TrainConfig(**PRESETS[a.preset])
-    for k in ("steps", "seed", "threads"):
+    for k in ("steps", "batch_size", "warmup", "aux_loss_coef", "balance", "seed", "threads"):
         if getattr(a, k) is not None:
             setattr(cfg, k, getattr(a, k))
     res = train(cfg, Path(a.out))

@@ -9,7 +9,7 @@ import torch
 
 import moelab
 from moelab.data import DOC_SEP, load_documents, mixtral_tokenizer_path
-from moelab.models import checkpoints, default_model_dir
+from moelab.models import POOLED_MODEL, checkpoints, default_model_dir, embedded_model_dir
 
 SAMPLES = ["Hello world, déjà vu", "  def f(x):\n\treturn x**2\n", "Über die Straße 12345 ∑ 你好", " leading"]
 
@@ -110,15 +110,133 @@ def test_checkpoints_record_step_tokens_and_config():
 
 
 @needs_model
-def test_embedded_weights_stay_under_100_mb():
-    size = sum(p.stat().st_size for p in default_model_dir().rglob("*.safetensors"))
-    assert size < 100e6, size
+def test_all_shipped_weights_stay_under_110_mb():
+    size = sum(p.stat().st_size for p in (default_model_dir().parent).rglob("*.safetensors"))
+    assert size <= 110e6, size
+
+
+# ------------------------------------------------------------------ the pooled-loss model
+needs_pooled = pytest.mark.skipif(embedded_model_dir(POOLED_MODEL) is None, reason="pooled model not shipped")
+
+
+@needs_pooled
+def test_pooled_model_loads_offline_by_name_with_mixtrals_tokenizer(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tok = moelab.load_model(POOLED_MODEL)
+    assert type(model).__name__ == "MixtralForCausalLM" and model.dtype == torch.bfloat16
+    assert len(tok) == 32000 and tok("a b")["input_ids"] == moelab.load_tokenizer()("a b")["input_ids"]
+    assert json.loads((embedded_model_dir(POOLED_MODEL) / "train_config.json").read_text())["balance"] == "pooled"
+    assert not (embedded_model_dir(POOLED_MODEL) / "checkpoints").exists()   # final weights only
+    with pytest.raises(FileNotFoundError, match="checkpoints.json"):
+        checkpoints(POOLED_MODEL)
+
+
+def _slice_targets(name, tokens_per_domain=512):
+    """Recompute the routing targets on a small held-out slice (first 512 tokens of every domain)."""
+    from moelab.model_card import routing_targets, trace_heldout
+
+    return routing_targets(trace_heldout(embedded_model_dir(name), tokens_per_domain, seq_len=256))
+
+
+@needs_pooled
+def test_pooled_card_reports_the_collapse_it_measured_and_a_slice_reproduces_it():
+    root = embedded_model_dir(POOLED_MODEL)
+    t = json.loads((root / "targets.json").read_text())
+    card = (root / "README.md").read_text()
+    assert f"| {t['min_expert_share']:.3f} |" in card and f"| {t['max_layer_cv']:.2f} |" in card
+    assert t["max_layer_cv"] > 0.35 and t["min_expert_share"] < 0.04          # the finding of issue 16
+    assert abs(t["pooled_aux"] - 2.0) < 0.05 < max(t["per_layer_aux"]) - 2.0  # pooled looks balanced, layers are not
+    s = _slice_targets(POOLED_MODEL)
+    assert s["max_layer_cv"] > 0.35 and s["min_expert_share"] < 0.04
 
 
 def test_missing_hub_model_without_download_permission_says_how_to_point_at_local_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(OSError, match="local folder"):
         moelab.load_model("mistralai/Mixtral-8x7B-v0.1")
+
+
+def _default_balance():
+    f = default_model_dir() / "train_config.json"
+    return json.loads(f.read_text()).get("balance", "pooled") if f.is_file() else None
+
+
+@needs_model
+@pytest.mark.skipif(_default_balance() != "per_layer",
+                    reason="the default model has not been retrained with the per-layer loss yet (issue 16)")
+def test_default_model_meets_the_issue_16_targets_in_its_card_and_on_a_slice():
+    from moelab.model_card import TARGETS
+
+    root = default_model_dir()
+    cfg = json.loads((root / "train_config.json").read_text())
+    ev = json.loads((root / "eval.json").read_text())
+    t = json.loads((root / "targets.json").read_text())
+    card = (root / "README.md").read_text()
+    assert cfg["balance"] == "per_layer" and ev["tokens_seen"] >= 600 * 16 * 256
+    assert t["mixed_heldout_perplexity"] == ev["mixed_heldout_perplexity"]
+    assert f"**{ev['mixed_heldout_perplexity']:.1f}**" in card and f"| {t['min_expert_share']:.3f} |" in card
+    assert round(ev["mixed_heldout_perplexity"], 1) <= TARGETS["mixed_heldout_perplexity"]
+    assert t["min_expert_share"] >= TARGETS["min_expert_share"] and t["max_layer_cv"] <= TARGETS["max_layer_cv"]
+    # the shipped weights, not only the recorded file: the slice is small, so allow sampling slack
+    s = _slice_targets(moelab.models.DEFAULT_MODEL)
+    assert s["min_expert_share"] >= 0.5 * TARGETS["min_expert_share"] and s["max_layer_cv"] <= 1.5 * TARGETS["max_layer_cv"]
+    if embedded_model_dir(POOLED_MODEL) is not None:   # and per-layer balance did what the pooled loss did not
+        assert s["max_layer_cv"] < _slice_targets(POOLED_MODEL)["max_layer_cv"]
+
+
+# ------------------------------------------------------------------ balance losses
+def _hand_switch(logits_per_layer, k):
+    """E · Σ_i f_i P_i per layer with plain loops (f_i = top-k count / tokens), then the mean over layers."""
+    out = []
+    for lg in logits_per_layer:
+        T, E = lg.shape
+        p = np.exp(lg - lg.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        counts = np.zeros(E)
+        for t in range(T):
+            for i in np.argsort(-p[t], kind="stable")[:k]:
+                counts[i] += 1
+        out.append(E * sum(counts[i] / T * p[:, i].mean() for i in range(E)))
+    return float(np.mean(out))
+
+
+def test_per_layer_switch_loss_matches_a_hand_computation_and_moelab_metrics():
+    from moelab.train import switch_balance_loss
+
+    rng = np.random.default_rng(0)
+    layers = [rng.normal(size=(50, 4)).astype(np.float32) * s for s in (0.5, 2.0, 4.0)]   # (tokens, E) each
+    got = float(switch_balance_loss(tuple(torch.from_numpy(x) for x in layers), top_k=2))
+    assert got == pytest.approx(_hand_switch(layers, 2), rel=1e-5)
+    ex = np.stack([np.argsort(-x, 1, kind="stable")[:, :2] for x in layers], 1)         # (tokens, layers, k)
+    tr = moelab.RoutingTrace.from_arrays(ex, num_experts=4, logits=np.stack(layers, 1))
+    assert got == pytest.approx(moelab.metrics.balance(tr)["hf_aux"].mean(), rel=1e-5)
+    assert float(switch_balance_loss(torch.zeros(10, 4), top_k=1)) == pytest.approx(1.0)  # balanced probs: 1 for k=1
+
+
+def test_transformers_pooled_loss_hides_layers_that_favour_different_experts():
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    from moelab.train import balance_loss, switch_balance_loss
+
+    # layer 0 sends every token to experts 0, 1; layer 1 to experts 2, 3: each layer collapsed, the pool balanced
+    a = torch.tensor([[5.0, 5.0, 0.0, 0.0]]).repeat(8, 1)
+    b = torch.tensor([[0.0, 0.0, 5.0, 5.0]]).repeat(8, 1)
+    per_layer, pooled = float(switch_balance_loss((a, b), top_k=2)), float(load_balancing_loss_func((a, b), 4, 2))
+    assert per_layer == pytest.approx(_hand_switch([a.numpy(), b.numpy()], 2), rel=1e-5)
+    assert per_layer > 3.9 and pooled < 2.1 and per_layer - pooled > 1.5     # balanced = k = 2
+    # with identical loads per layer the two agree: the difference is pooling only
+    assert float(switch_balance_loss((a, a), 2)) == pytest.approx(float(load_balancing_loss_func((a, a), 4, 2)), rel=1e-5)
+    assert float(balance_loss((a, b), 4, 2, "pooled")) == pytest.approx(pooled)
+    with pytest.raises(ValueError, match="per_layer"):
+        balance_loss((a, b), 4, 2, "per-layer-typo")
+
+
+def test_per_layer_loss_gradient_pushes_a_collapsed_layer_towards_balance():
+    from moelab.train import switch_balance_loss
+
+    lg = torch.tensor([[3.0, 1.0, 0.0, 0.0]]).repeat(16, 1).requires_grad_()
+    switch_balance_loss((lg,), top_k=1).backward()
+    assert lg.grad[:, 0].gt(0).all() and lg.grad[:, 2:].lt(0).all()   # descent lowers the favourite, raises the idle
 
 
 # ------------------------------------------------------------------ training code cannot rot
@@ -135,3 +253,13 @@ def test_training_script_runs_a_tiny_model_for_a_few_steps(tmp_path):
     model, _ = moelab.load_model(str(tmp_path / "m" / "checkpoints" / "step-000003"))
     assert model.config.hidden_size == 32
     assert res["parameters"] == sum(p.numel() for p in model.parameters())
+    assert res["balance"] == "per_layer" and log[0].split(",")[5:7] == ["aux_per_layer", "aux_pooled"]
+    rows = [r.split(",") for r in log[1:]]
+    assert all(r[4] == r[5] for r in rows)                      # trained on the per-layer value
+
+
+def test_training_rejects_an_unknown_balance_loss(tmp_path):
+    from moelab.train import PRESETS, TrainConfig, train
+
+    with pytest.raises(ValueError, match="balance='layerwise'"):
+        train(TrainConfig(**{**PRESETS["smoke"], "balance": "layerwise"}), tmp_path, progress=False)
