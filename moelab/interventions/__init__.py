@@ -15,7 +15,7 @@ sweep.py   the batched expert-ablation sweep (prefix hidden states reused)
 from .hooks import Force, Intervention, intervene
 from .ops import InterventionError, RouterSpec, UnsupportedIntervention
 from .score import dense_baselines, frontier, implied_compute, score
-from .sweep import ablation_sweep
+from .sweep import ablation_sweep, bias_sweep, replay_gap
 
 __all__ = ["intervene", "Intervention", "Force", "InterventionError", "UnsupportedIntervention", "RouterSpec",
-           "score", "frontier", "dense_baselines", "implied_compute", "ablation_sweep"]
+           "score", "frontier", "dense_baselines", "implied_compute", "ablation_sweep", "bias_sweep", "replay_gap"]

@@ -108,11 +108,12 @@ class Reference:
         self.keep = (mask[:, 1:] * mask[:, :-1]).bool()                # (B, S-1) real predictions
         self.tgt = ids[:, 1:][self.keep]                                # (N,)
         z = logits[:, :-1][self.keep].float()                           # (N, V)
-        logp = z.log_softmax(-1)
-        self.p = logp.exp()
-        self.negent = (self.p * logp).sum(-1)                           # (N,) sum p log p
         self.top = z.argmax(-1)
-        self.nll = -logp.gather(-1, self.tgt[:, None])[:, 0]
+        lse = torch.logsumexp(z, -1)
+        self.nll = lse - z.gather(-1, self.tgt[:, None])[:, 0]
+        z -= lse[:, None]                                               # log p, same ops as `compare`
+        self.p = z.exp()
+        self.negent = torch.einsum("nv,nv->n", self.p, z)               # (N,) sum p log p
 
     def compare(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(nll, agreement, kl) per real position for the intervened `logits` (B, S, V)."""

@@ -130,3 +130,86 @@ def ablation_sweep(model, tok, texts=None, *, domains=None, split: str = "heldou
     base_ppl = df[df.layer < 0].set_index("domain").ppl
     df["delta_ppl"] = df.ppl - df.domain.map(base_ppl)
     return df
+
+
+@torch.no_grad()
+def bias_sweep(model, tok, texts=None, *, layer: int, expert: int, biases=(0.0, 0.5, 1.0, 2.0, 4.0), domains=None,
+               split: str = "heldout", seq_len: int = 128, max_windows: int | None = 4, batch_size: int = 8,
+               progress: bool = True) -> pd.DataFrame:
+    """Steering: add `bias` to one expert's logit at `layer`; per (domain, bias) the expert's traffic
+    share at that layer (from a trace inside the block) and nll / ppl / delta_ppl / kl / agreement."""
+    from tqdm.auto import tqdm
+
+    from ..tracer import trace
+
+    spec = intervene(model).spec
+    data = _corpus(tok, texts, domains, split, seq_len, max_windows)
+    pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
+    device = next(model.parameters()).device
+    acc = {(d, float(b)): np.zeros(6) for d in data for b in biases}  # nll, kl, agree, tokens, hits, assignments
+    for d, ws in tqdm(data.items(), desc="bias sweep", disable=not progress):
+        for ids, mask in _batches(ws, batch_size, pad):
+            ids, mask = ids.to(device), mask.to(device)
+            ref = Reference(model(input_ids=ids, attention_mask=mask, use_cache=False).logits, ids, mask)
+            for b in biases:
+                vec = torch.zeros(spec.num_experts)
+                vec[expert] = float(b)
+                with intervene(model, bias={layer: vec}), trace(model) as tr:
+                    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                nll, agree, kl = ref.compare(logits)
+                j = list(tr.layer_ids).index(layer)
+                ex = tr.experts[:, j]
+                acc[(d, float(b))] += [float(nll.sum()), float(kl.sum()), float(agree.sum()), len(nll),
+                                       float((ex == expert).sum()), ex.size]
+    rows = [{"domain": d, "bias": b, "nll": v[0] / v[3], "kl": v[1] / v[3], "agreement": v[2] / v[3],
+             "tokens": int(v[3]), "share": v[4] / v[5]} for (d, b), v in acc.items()]
+    df = pd.DataFrame(rows)
+    df["ppl"] = np.exp(df.nll)
+    base = df[df.bias == 0.0].set_index("domain").ppl if (df.bias == 0.0).any() else None
+    df["delta_ppl"] = df.ppl - df.domain.map(base) if base is not None else np.nan
+    return df
+
+
+@torch.no_grad()
+def replay_gap(reference, model, tok, texts=None, *, domains=None, split: str = "heldout", seq_len: int = 128,
+               max_windows: int | None = 1, batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
+    """How much of a low-precision model's quality gap comes from routing flips.
+
+    `reference` (e.g. fp32) and `model` (e.g. bf16) hold the same weights. Per domain: ppl of the
+    reference, of the model, and of the model with the reference's routing replayed
+    (`intervene(model, replay=trace)`, weights recomputed from the model's own logits); `flips` =
+    share of token-layers whose expert set differs; `gap_from_routing` = (ppl_model - ppl_replayed)
+    / (ppl_model - ppl_reference).
+    """
+    from tqdm.auto import tqdm
+
+    from ..tracer import trace
+
+    data = _corpus(tok, texts, domains, split, seq_len, max_windows)
+    pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
+    dev_r, dev_m = next(reference.parameters()).device, next(model.parameters()).device
+    rows = []
+    for d, ws in tqdm(data.items(), desc="replay gap", disable=not progress):
+        s = np.zeros(5)  # nll ref, nll model, nll replayed, tokens, flips
+        n_tl = 0
+        for ids, mask in _batches(ws, batch_size, pad):
+            with trace(reference) as tr_ref:
+                ref = Reference(reference(input_ids=ids.to(dev_r), attention_mask=mask.to(dev_r), use_cache=False).logits,
+                                ids.to(dev_r), mask.to(dev_r))
+            with trace(model) as tr_m:
+                lm = model(input_ids=ids.to(dev_m), attention_mask=mask.to(dev_m), use_cache=False).logits
+            with intervene(model, replay=tr_ref), trace(model) as tr_rep:
+                lr = model(input_ids=ids.to(dev_m), attention_mask=mask.to(dev_m), use_cache=False).logits
+            if not (tr_rep.experts == tr_ref.experts).all():
+                raise AssertionError("replay did not reproduce the reference routing")
+            nm, _, _ = ref.compare(lm.to(dev_r))
+            nr, _, _ = ref.compare(lr.to(dev_r))
+            s += [float(ref.nll.sum()), float(nm.sum()), float(nr.sum()), len(nm),
+                  float((np.sort(tr_m.experts, -1) != np.sort(tr_ref.experts, -1)).any(-1).sum())]
+            n_tl += tr_ref.experts.shape[0] * tr_ref.experts.shape[1]
+        p_ref, p_m, p_rep = (math.exp(s[i] / s[3]) for i in range(3))
+        gap = p_m - p_ref
+        rows.append({"domain": d, "tokens": int(s[3]), "ppl_reference": p_ref, "ppl_model": p_m,
+                     "ppl_model_reference_routing": p_rep, "flips": s[4] / max(n_tl, 1),
+                     "gap_from_routing": (p_m - p_rep) / gap if gap != 0 else np.nan})
+    return pd.DataFrame(rows)
