@@ -82,3 +82,17 @@ def test_the_prefix_reusing_sweep_equals_full_forwards(mixtral):
     full = ablation_sweep(mixtral, CharTok(), texts=TEXTS, layers=[1], seq_len=16, progress=False)
     shares = full[full.layer == 1].groupby("domain").share.sum()
     assert shares.values == pytest.approx([1.0, 1.0])                             # shares of all 8 experts
+
+
+def test_the_plot_helpers_draw_one_panel_per_domain(mixtral):
+    from matplotlib.figure import Figure
+
+    from moelab.plots.interventions import ablation_heatmaps, frontier_plot, importance_vs_usage
+
+    sweep = ablation_sweep(mixtral, CharTok(), texts=TEXTS, layers=[0, 1], experts=[0, 1, 2], seq_len=16, progress=False)
+    fig = ablation_heatmaps(sweep)
+    assert isinstance(fig, Figure) and [a.get_title() for a in fig.axes if a.get_visible()][:2] == ["a", "b"]
+    assert fig.axes[0].images[0].get_array().shape == (2, 3)                    # layers x experts
+    assert isinstance(importance_vs_usage(sweep), Figure)
+    df = score(mixtral, CharTok(), TEXTS, interventions={"top-1": dict(top_k=1)}, seq_len=16, progress=False)
+    assert len(frontier_plot(frontier(df, mixtral.config)).axes[0].lines) >= 3  # front + 2 dense lines

@@ -286,12 +286,12 @@ class Intervention:
         out = {}
         for r in self.routers:
             n = self._tokens.get(r.layer, 0)
-            out[r.layer] = float(self._active[r.layer]) / n if n else float(self.spec.top_k)
+            out[r.layer] = float(self._active[r.layer]) / int(n) if int(n) else float(self.spec.top_k)
         return out
 
     def counts(self) -> dict[int, tuple[float, int]]:
         """Per changed layer: (experts with nonzero weight summed over tokens, unpadded tokens) so far."""
-        return {i: (float(self._active[i]), self._tokens[i]) for i in self._active}
+        return {i: (float(self._active[i]), int(self._tokens[i])) for i in self._active}
 
     # -------------------------------------------------------------- hooks
     def _pre_hook(self, module, args, kwargs):
@@ -305,17 +305,14 @@ class Intervention:
         B, S = ids.shape[0], ids.shape[1]
         if mask is not None and mask.dim() != 2:
             mask = None
+        fwd = {"ids": ids.reshape(-1), "mask": mask, "B": B, "S": S, "kwargs": kwargs}
         if mask is not None:
             valid = mask[:, -S:].to(ids.device).bool()
-            pos = mask[:, :-S].to(ids.device).sum(1, keepdim=True) + valid.long().cumsum(1) - 1
+            fwd["valid"], fwd["n"] = valid.reshape(-1), valid.sum()   # tensors: no host sync per forward
         else:
-            cache = get("past_key_values")
-            past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
-            valid = torch.ones(B, S, dtype=torch.bool, device=ids.device)
-            pos = past + torch.arange(S, device=ids.device).expand(B, S)
-        fwd = {"ids": ids.reshape(-1), "valid": valid.reshape(-1), "pos": pos.reshape(-1)}
+            fwd["valid"], fwd["n"] = None, B * S
         if self.trace is not None:
-            real = fwd["ids"][fwd["valid"]].cpu().numpy()
+            real = (fwd["ids"] if fwd["valid"] is None else fwd["ids"][fwd["valid"]]).cpu().numpy()
             a, b = self._cursor, self._cursor + len(real)
             want = self.trace.token_id[a:b]
             if len(want) != len(real) or not np.array_equal(want, real):
@@ -331,6 +328,26 @@ class Intervention:
         self._fwd = fwd
         return None
 
+    @staticmethod
+    def _positions(fwd) -> torch.Tensor:
+        """(B*S,) real-token positions of this forward's tokens, as the tracer counts them."""
+        if "pos" not in fwd:
+            ids, mask, B, S = fwd["ids"], fwd["mask"], fwd["B"], fwd["S"]
+            if mask is not None:
+                valid = mask[:, -S:].to(ids.device).long()
+                pos = mask[:, :-S].to(ids.device).sum(1, keepdim=True) + valid.cumsum(1) - 1
+            else:
+                cache = fwd["kwargs"].get("past_key_values")
+                past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+                pos = past + torch.arange(S, device=ids.device).expand(B, S)
+            fwd["pos"] = pos.reshape(-1)
+        return fwd["pos"]
+
+    @staticmethod
+    def _valid(fwd, n: int, device) -> torch.Tensor:
+        v = None if fwd is None else fwd["valid"]
+        return torch.ones(n, dtype=torch.bool, device=device) if v is None else v.to(device)
+
     @torch.no_grad()
     def _router_hook(self, plan: LayerPlan, output):
         logits, w, idx = output
@@ -340,7 +357,7 @@ class Intervention:
             bias = None if plan.bias is None else plan.bias.to(logits.device)
             w, idx = ops.select(logits, spec, plan.k, bias=bias, blocked=plan.blocked)
         if plan.replay:
-            rows = fwd["valid"].to(idx.device)
+            rows = self._valid(fwd, idx.shape[0], idx.device)
             j = self._replay_col[plan.layer]
             r_idx = torch.as_tensor(fwd["replay"][:, j].astype(np.int64), device=idx.device)
             if r_idx.shape[-1] != idx.shape[-1]:
@@ -357,10 +374,11 @@ class Intervention:
             w = ops.zero(w, idx, plan.zeroed)
         if plan.beta is not None:
             w, _ = ops.skip(w, idx, plan.beta, spec)
-        valid = None if fwd is None else fwd["valid"].to(w.device)
-        act = ops.active_experts(w if valid is None else w[valid]).sum()
+        valid = None if fwd is None else fwd["valid"]
+        act = ops.active_experts(w)                                       # (tokens,) on the device, no sync
+        act = act.sum() if valid is None else (act * valid.to(act.device)).sum()
         self._active[plan.layer] = self._active.get(plan.layer, 0) + act
-        self._tokens[plan.layer] = self._tokens.get(plan.layer, 0) + (w.shape[0] if valid is None else int(valid.sum()))
+        self._tokens[plan.layer] = self._tokens.get(plan.layer, 0) + (w.shape[0] if fwd is None else fwd["n"])
         return logits, w, idx
 
     def _apply_force(self, plan, logits, w, idx, fwd):
@@ -370,9 +388,12 @@ class Intervention:
             rows = None
             n = T
         else:
-            key, vals = ("pos", f.positions) if f.positions is not None else ("ids", f.token_ids)
-            vals_t = torch.as_tensor(vals, dtype=torch.long, device=fwd[key].device)
-            rows = (torch.isin(fwd[key], vals_t) & fwd["valid"]).to(logits.device)
+            if fwd is None:
+                raise InterventionError("Force(positions=/token_ids=) needs input_ids (the forward got inputs_embeds)")
+            on = self._positions(fwd) if f.positions is not None else fwd["ids"]
+            vals_t = torch.as_tensor(f.positions if f.positions is not None else f.token_ids, dtype=torch.long,
+                                     device=on.device)
+            rows = (torch.isin(on, vals_t) & self._valid(fwd, on.shape[0], on.device)).to(logits.device)
             n = int(rows.sum())
         ex = f.experts.to(logits.device)
         if ex.ndim == 1:
