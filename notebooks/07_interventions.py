@@ -130,7 +130,7 @@ fig
 ivs = {"top-1": dict(top_k=1), **{f"skip β={b}": dict(skip=b) for b in (0.2, 0.4, 0.6, 0.8)},
        "top-3": dict(top_k=3), "top-4": dict(top_k=4)}
 if FAST:
-    ivs = {k: ivs[k] for k in ("top-1", "skip β=0.4", "top-3")}
+    ivs = {k: ivs[k] for k in ("top-1", "skip β=0.4")}
 scores = score(model, tok, domains=DOMAINS, interventions=ivs, max_windows=max(1, WINDOWS - 1), seq_len=SEQ_LEN)
 front = frontier(scores, model.config)
 front.to_csv(FIGURES / "07_frontier.csv", index=False)
@@ -173,7 +173,7 @@ fig
 LAYER = 2
 code = abl[(abl.domain == DOMAINS[0]) & (abl.layer == LAYER)]
 EXPERT = int(code.sort_values("share").expert.iloc[0])
-biases = [0.0, 1.0, 2.0, 4.0] if FAST else [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0]
+biases = [0.0, 2.0, 4.0] if FAST else [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0]
 bs = bias_sweep(model, tok, domains=DOMAINS[:2] if FAST else DOMAINS[::3], layer=LAYER, expert=EXPERT,
                 biases=biases, max_windows=1, seq_len=SEQ_LEN)
 bs.to_csv(FIGURES / "07_bias_sweep.csv", index=False)
