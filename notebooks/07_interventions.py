@@ -1,0 +1,183 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Interventions: what happens if the router chooses otherwise?
+#
+# **What you learn.** `moelab.intervene(model, ...)` changes the routing inside a `with` block —
+# ablate an expert (route around it, or zero its weight), force experts, change k, skip the second
+# expert when its weight is small (Lu et al. 2024), add a bias to the router logits (steering), or
+# replay a recorded trace — through hooks only. `moelab.interventions.score` measures what changes:
+# per domain NLL / perplexity, next-token agreement and KL against the unmodified model, and the
+# active parameters and FLOPs the routing implies. Four studies on the embedded model:
+#
+# 1. per-domain Δ perplexity when each expert of each layer is ablated, against its routing share;
+# 2. top-1 vs top-2 vs dynamic skipping: quality vs active FLOPs, with dense baselines;
+# 3. bf16 with fp32 routing replayed: how much of the bf16-vs-fp32 gap is routing flips;
+# 4. router bias: how far a bias must go to move a domain's traffic, and what it costs.
+#
+# **Needs.** The embedded model (fp32 on CPU). **Takes** about 6 min on 2 CPU cores in full mode
+# (the ablation sweep alone is timed below), < 30 s with `MOELAB_FAST=1`.
+#
+# **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DEVICE=cuda` (bf16),
+# with `MOELAB_WINDOWS` windows per domain.
+
+# %% tags=["parameters"]
+import os
+from pathlib import Path
+
+MODEL = os.environ.get("MOELAB_MODEL") or None             # None = the embedded moelab-mixtral-tiny
+DTYPE = os.environ.get("MOELAB_DTYPE") or "float32"        # the reference precision for every study
+DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
+WINDOWS = int(os.environ.get("MOELAB_WINDOWS", "3"))       # held-out windows per domain (ablation sweep)
+SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "128"))
+FIGURES = os.environ.get("MOELAB_FIGURES") or ("../figures" if Path.cwd().name == "notebooks" else "figures")
+FAST = os.environ.get("MOELAB_FAST", "0") == "1"            # 1 = small slices (tests)
+
+# %%
+# %matplotlib inline
+import copy
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import display
+
+import moelab
+from moelab.data import domains as all_domains
+from moelab.interventions import ablation_sweep, bias_sweep, frontier, intervene, replay_gap, score
+from moelab.notebooks import resolve_device_dtype
+from moelab.plots import save
+from moelab.plots.interventions import (ablation_heatmaps, bias_sweep_plot, frontier_plot, importance_vs_usage,
+                                        replay_gap_plot)
+
+FIGURES = Path(FIGURES)
+FIGURES.mkdir(parents=True, exist_ok=True)
+device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)
+DOMAINS = all_domains()
+if FAST:
+    DOMAINS, WINDOWS, SEQ_LEN = DOMAINS[:2], 1, 48
+model, tok = moelab.load_model(MODEL, dtype=dtype, **({"device_map": device} if device != "cpu" else {}))
+model.eval()
+pd.set_option("display.precision", 3)
+print(f"{type(model).__name__}, {dtype}, {device}; {len(DOMAINS)} domains x {WINDOWS} windows of {SEQ_LEN} tokens")
+
+# %% [markdown]
+# ## 0. One line each
+#
+# Inside the block a `moelab.trace` records the routing actually used (the intervention's hooks
+# run first). An ablated expert never appears; forced experts appear exactly.
+
+# %%
+batch = tok(["def add(a, b):\n    return a + b"], return_tensors="pt")
+with torch.no_grad(), intervene(model, ablate={1: [3]}), moelab.trace(model) as tr:
+    model(**batch)
+with torch.no_grad(), intervene(model, force={0: [6, 2]}), moelab.trace(model) as tr_f:
+    model(**batch)
+print("expert 3 at layer 1 inside the ablation:", int((tr.experts[:, 1] == 3).sum()), "times")
+print("layer 0 under force [6, 2]:", np.unique(tr_f.experts[:, 0], axis=0).tolist())
+
+# %% [markdown]
+# ## 1. Which experts matter, per domain — and does usage predict it?
+#
+# Every expert of every layer is ablated in turn (routed around: its logit becomes -inf before
+# top-2, so the router picks the next best and renormalises), on the held-out windows of each
+# domain. `ablation_sweep` batches this by reusing the prefix: one unmodified forward records the
+# input of every decoder layer, and ablating at layer l re-runs only layers l..3 and the head.
+
+# %%
+t0 = time.perf_counter()
+sweep = ablation_sweep(model, tok, domains=DOMAINS, max_windows=WINDOWS, seq_len=SEQ_LEN)
+sweep_s = time.perf_counter() - t0
+n_abl = int((sweep.layer >= 0).sum())
+print(f"ablation sweep: {n_abl} (domain, layer, expert) ablations + {len(DOMAINS)} baselines "
+      f"in {sweep_s:.1f} s ({sweep.tokens.iloc[0]} predictions in the first domain)")
+sweep.to_csv(FIGURES / "07_ablation_sweep.csv", index=False)
+display(sweep[sweep.layer >= 0].sort_values("delta_ppl", ascending=False).head(8))
+
+# %%
+fig = ablation_heatmaps(sweep)
+save(fig, "07_ablation_heatmaps", outdir=FIGURES)
+fig
+
+# %%
+fig = importance_vs_usage(sweep)
+save(fig, "07_importance_vs_usage", outdir=FIGURES)
+abl = sweep[sweep.layer >= 0]
+rho = abl.groupby("domain")[["share", "delta_ppl"]].apply(lambda g: g.corr(method="spearman").iloc[0, 1])
+print("Spearman rho(share, delta ppl) per domain:\n" + rho.round(2).to_string())
+fig
+
+# %% [markdown]
+# ## 2. Top-1 vs top-2 vs dynamic skipping: quality vs compute
+#
+# Dynamic skipping (Lu et al. 2024) drops the second expert when its weight is below β times the
+# first. Its compute is the measured effective k (experts with nonzero weight per token) put into
+# `moelab.compute`'s accounting. Dense baselines with the active parameters of k = 1 and k = 2 are
+# placed at their FLOPs; their quality would need a trained dense model, which we do not have here.
+
+# %%
+ivs = {"top-1": dict(top_k=1), **{f"skip β={b}": dict(skip=b) for b in (0.2, 0.4, 0.6, 0.8)},
+       "top-3": dict(top_k=3), "top-4": dict(top_k=4)}
+if FAST:
+    ivs = {k: ivs[k] for k in ("top-1", "skip β=0.4")}
+scores = score(model, tok, domains=DOMAINS, interventions=ivs, max_windows=max(1, WINDOWS - 1), seq_len=SEQ_LEN)
+front = frontier(scores, model.config)
+front.to_csv(FIGURES / "07_frontier.csv", index=False)
+display(front[["intervention", "ppl", "kl", "agreement", "k_eff", "flops_per_token", "active_params", "pareto"]])
+fig = frontier_plot(front)
+save(fig, "07_frontier", outdir=FIGURES)
+fig
+
+# %% [markdown]
+# ## 3. Is bf16 worse than fp32 because its router flips?
+#
+# The same weights in bf16 and fp32, on a small slice (bf16 matmuls are ~40x slower than fp32 on
+# this AVX2 CPU). The fp32 run's trace is replayed inside the bf16 run (experts from fp32, weights
+# recomputed from the bf16 logits): the routing then equals fp32 on 100% of token-layers (checked),
+# and what is left of the gap is everything else bf16 rounds.
+
+# %%
+bf16 = copy.deepcopy(model).to(torch.bfloat16)
+t0 = time.perf_counter()
+gap = replay_gap(model, bf16, tok, domains=DOMAINS[:2] if FAST else DOMAINS[::3], max_windows=1,
+                 seq_len=32 if FAST else SEQ_LEN)
+print(f"replay study: {time.perf_counter() - t0:.1f} s")
+gap.to_csv(FIGURES / "07_replay_gap.csv", index=False)
+display(gap)
+table = gap.set_index("domain")[["ppl_reference", "ppl_model", "ppl_model_reference_routing"]].rename(
+    columns={"ppl_reference": "fp32", "ppl_model": "bf16", "ppl_model_reference_routing": "bf16, fp32 routing"})
+fig = replay_gap_plot(table)
+save(fig, "07_replay_gap", outdir=FIGURES)
+del bf16
+fig
+
+# %% [markdown]
+# ## 4. Steering by router bias
+#
+# A bias on one expert's logit at the middle layer, swept upward: the share of assignments that
+# go to it (at most 1/k = 0.5 for top-2, when every token picks it) and the Δ perplexity it costs.
+# The expert is the one code uses least at that layer.
+
+# %%
+LAYER = 2
+code = abl[(abl.domain == DOMAINS[0]) & (abl.layer == LAYER)]
+EXPERT = int(code.sort_values("share").expert.iloc[0])
+biases = [0.0, 2.0, 4.0] if FAST else [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0]
+bs = bias_sweep(model, tok, domains=DOMAINS[:2] if FAST else DOMAINS[::3], layer=LAYER, expert=EXPERT,
+                biases=biases, max_windows=1, seq_len=SEQ_LEN)
+bs.to_csv(FIGURES / "07_bias_sweep.csv", index=False)
+display(bs.pivot_table(index="bias", columns="domain", values=["share", "delta_ppl"]))
+fig = bias_sweep_plot(bs, title=f"Bias on expert {EXPERT} at layer {LAYER}: traffic share and cost")
+save(fig, "07_bias_sweep", outdir=FIGURES)
+fig
