@@ -28,6 +28,9 @@ _LAZY = {
     "load_corpus": ("moelab.data", "load_corpus"),
     "trace_corpus": ("moelab.corpus", "trace_corpus"),
     "show": ("moelab.explorer", "show"),
+    "intervene": ("moelab.interventions", "intervene"),
+    "Force": ("moelab.interventions", "Force"),
+    "InterventionError": ("moelab.interventions", "InterventionError"),
 }
 
 
@@ -39,7 +42,8 @@ def __getattr__(name):
         value = getattr(importlib.import_module(mod), attr)
         globals()[name] = value
         return value
-    if name in ("metrics", "plots", "compute", "bench", "serving", "explorer", "corpus", "device", "codec"):
+    if name in ("metrics", "plots", "compute", "bench", "serving", "explorer", "corpus", "device", "codec",
+                "interventions"):
         import importlib
 
         return importlib.import_module(f"moelab.{name}")
@@ -59,5 +63,8 @@ __all__ = [
     "load_corpus",
     "trace_corpus",
     "show",
+    "intervene",
+    "Force",
+    "InterventionError",
     "__version__",
 ]

@@ -283,6 +283,13 @@ class Tracer:
         outs = [_read_router(self.routers[i], o, B * S) for i, o in enumerate(fwd["layers"])]
         dev = outs[0][2].device
         index, weights = [o[2] for o in outs], [o[1] for o in outs]
+        ks = {r.name: t.shape[1] for r, t in zip(self.routers, index)}
+        if len(set(ks.values())) > 1:
+            raise TracingError(
+                f"the routers chose different numbers of experts in one forward ({ks}); a RoutingTrace holds one "
+                "k for every layer. Trace the layers with equal k separately, or override k for all layers "
+                "(moelab.intervene(model, top_k=k))."
+            )
         if any(t.device != dev for t in index):  # layers spread over devices (accelerate device_map)
             index = [t.to(dev, non_blocking=True) for t in index]
             weights = [t.to(dev, non_blocking=True) for t in weights]

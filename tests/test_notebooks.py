@@ -35,6 +35,8 @@ EXPECTED = {
            "05_moe_vs_dense.png", "05_moe_vs_dense.csv", "05_roofline.png", "05_compare_published.csv",
            "05_claims.csv"],
     "06": ["06_precision_agreement.png", "06_precision_agreement.csv", "06_flip_margins.csv"],
+    "07": ["07_ablation_heatmaps.png", "07_importance_vs_usage.png", "07_frontier.png", "07_replay_gap.png",
+           "07_bias_sweep.png", "07_ablation_sweep.csv", "07_frontier.csv", "07_replay_gap.csv", "07_bias_sweep.csv"],
     "08": ["08_hit_rate_curves.png", "08_offload_speed.png", "08_ep_imbalance.png", "08_break_even.png",
            "08_hit_rates.csv", "08_offload_speed.csv", "08_ep_windows.csv", "08_break_even.csv", "08_claims.csv"],
 }

@@ -392,3 +392,9 @@ def test_load_trace_columns_reads_only_what_is_asked(mixtral, ids, tmp_path):
     full = moelab.load_trace(tmp_path / "t.parquet", columns=["weights", "domain"])
     np.testing.assert_array_equal(full.weights, tr.weights)         # logits=True traces keep fp32 weights exactly
     assert full.logits is None and full.columns["domain"].tolist() == ["code"] * tr.num_tokens
+
+
+def test_layers_routing_different_k_in_one_forward_is_a_clear_error(mixtral, ids):
+    with moelab.intervene(mixtral, top_k={0: 1}), pytest.raises(TracingError, match="different numbers of experts"):
+        with moelab.trace(mixtral):
+            run(mixtral, ids)
