@@ -4,8 +4,10 @@
 
 A small random Mixtral (8 layers, top-2 of 8) reads `--tokens` tokens in
 batches of 16 x 512 inside `moelab.trace(model, path=..., retain=False)`; the
-resident set size (VmRSS) is sampled after every forward. Printed: RSS before
-the block, the peak during it and the growth, for each token count.
+resident set size (VmRSS) is sampled after every forward. The same forwards run
+untraced first, so the model's own working set is in the baseline and the growth
+is what tracing adds. Printed: RSS before the block, the peak during it and the
+growth, for each token count.
 Target: growth under 200 MB that does not grow with the token count (1M vs 4M).
 """
 
@@ -51,6 +53,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--out", default="bench/results/streaming_cpu.txt")
+    p.add_argument("--warmup", type=int, default=20, help="untraced forwards before measuring")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     cfg = MixtralConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
@@ -59,8 +62,12 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp())
     lines = [json.dumps(environment("cpu", "float32"))]
     try:
-        with torch.no_grad():  # warm up allocator and kernels before measuring
-            model.model(input_ids=torch.randint(3, 32000, (a.batch, a.seq)), use_cache=False)
+        with torch.no_grad():  # the same forwards untraced first: the allocator's working set is then in "before"
+            warm = torch.randint(3, 32000, (a.batch, a.seq))
+            for _ in range(a.warmup):
+                model.model(input_ids=warm, use_cache=False)
+        lines.append(f"after {a.warmup} untraced forwards of {a.batch} x {a.seq}: RSS {rss_mb():.0f} MB")
+        print(lines[-1], flush=True)
         growth = {}
         for tokens in a.tokens:
             t0 = time.perf_counter()

@@ -169,7 +169,7 @@ of {E} SwiGLU experts per layer, GQA attention, RoPE, RMSNorm) and Mixtral's own
 (`data/corpus/`, train split). It exists so that every notebook shows real, learned routing, offline and
 in minutes. It is a teaching and testing model, not a useful language model.
 
-Load it with `model, tok = moelab.load_model({'' if kind == 'per_layer' else repr(name)})` (bf16 on CPU by default) or with plain
+Load it with `model, tok = moelab.load_model({'' if kind == 'per_layer' else repr(name)})` (on CPU: bf16 where native, else fp32) or with plain
 transformers: `MixtralForCausalLM.from_pretrained("data/models/{name}")`.
 
 ## Targets (issue 16; `targets.json`, written by `python -m moelab.model_card data/models/{name}`)

@@ -18,7 +18,7 @@ Parameters reach the notebooks as environment variables (each notebook's first
 cell, tagged `parameters`, reads them with defaults):
 
     MOELAB_MODEL            None = the embedded model; a local folder or hub id (real Mixtral)
-    MOELAB_DTYPE            float32 | bfloat16 | float16 (default bf16 on CPU, fp16 on CUDA)
+    MOELAB_DTYPE            float32 | bfloat16 | float16 (default: fp16 on CUDA; on CPU bf16 where native, else fp32)
     MOELAB_DEVICE           cpu | cuda | auto
     MOELAB_DOCS_PER_DOMAIN  held-out documents traced per corpus domain
     MOELAB_SEQ_LEN          tokens per traced window

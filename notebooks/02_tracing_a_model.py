@@ -36,7 +36,7 @@ import os
 from pathlib import Path
 
 MODEL = os.environ.get("MOELAB_MODEL") or None             # None = the embedded moelab-mixtral-tiny
-DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = bfloat16 on CPU, float16 on CUDA
+DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = CUDA fp16; CPU bf16 where native, else fp32
 DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
 DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "12"))
 SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
@@ -62,7 +62,7 @@ from moelab.plots import load_heatmap, save
 
 FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
-device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # cpu: bf16, one thread; cuda: fp16
+device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # prints its choice: cuda fp16; cpu bf16 only where native
 if FAST:
     DOCS_PER_DOMAIN, SEQ_LEN = min(DOCS_PER_DOMAIN, 2), min(SEQ_LEN, 128)
 RUNS = Path(tempfile.mkdtemp(prefix="moelab-nb02-"))        # trace files of this notebook

@@ -44,7 +44,7 @@ import os
 from pathlib import Path
 
 MODEL = os.environ.get("MOELAB_MODEL") or None             # None = the embedded moelab-mixtral-tiny
-DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = bfloat16 on CPU, float16 on CUDA
+DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = CUDA fp16; CPU bf16 where native, else fp32
 DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
 DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "24"))
 SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
@@ -71,7 +71,7 @@ from moelab.plots import coactivation_heatmap, save, saturation_curve, specializ
 
 FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
-device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # cpu: bf16, one thread; cuda: fp16
+device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # prints its choice: cuda fp16; cpu bf16 only where native
 if FAST:
     DOCS_PER_DOMAIN, SEQ_LEN = min(DOCS_PER_DOMAIN, 2), min(SEQ_LEN, 128)
 device_map = "auto" if device == "cuda" else None
@@ -245,7 +245,7 @@ sat_docs = {d: ds[: max(1, DOCS_PER_DOMAIN // 4)] for d, ds in docs.items()}
 ckpt_tok = moelab.load_tokenizer() if ckpt_root is None else tok
 ckpt_traces = {}
 for c in tqdm(ckpts, desc="checkpoints"):
-    m, _ = moelab.load_model(c["path"], dtype=torch.bfloat16 if device == "cpu" else torch.float16,
+    m, _ = moelab.load_model(c["path"], dtype=dtype,
                              device_map=device_map, tokenizer=False)
     ckpt_traces[c["step"]] = trace_documents(m, ckpt_tok, sat_docs, seq_len=SEQ_LEN, progress=False)
     del m

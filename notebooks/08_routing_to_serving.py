@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 
 MODEL = os.environ.get("MOELAB_MODEL") or None             # None = the embedded moelab-mixtral-tiny
-DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = bfloat16 on CPU, float16 on CUDA
+DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = CUDA fp16; CPU bf16 where native, else fp32
 DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
 DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "12"))
 SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
