@@ -35,7 +35,7 @@ router logits / weights / extra columns on request.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

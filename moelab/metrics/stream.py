@@ -45,143 +45,22 @@ switch_aux, hf_aux, z_loss and hf_aux_loss) agree to rounding, not bit for bit.
 from __future__ import annotations
 
 import inspect
+from importlib import import_module
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 
-from ..routing_trace import RoutingTrace, TraceMismatchError
+from ..routing_trace import RoutingTrace
 from ..scan import TraceSource, is_lazy, scan_trace
-from importlib import import_module
 
 # the submodules (moelab.metrics re-exports functions of the same names as `balance`, `agreement`, ...)
-_ag, _bal, _cap, _co, _loc, _sp = (import_module(f"moelab.metrics.{m}") for m in (
-    "agreement", "balance", "capacity", "coactivation", "locality", "specialization"))
+_bal, _cap, _co, _loc, _sp = (import_module(f"moelab.metrics.{m}") for m in (
+    "balance", "capacity", "coactivation", "locality", "specialization"))
 from ._common import assignment_counts, column, default_layers, group_sizes, layer_index
+from ._stream_agreement import agreement, router_saturation
+from ._stream_state import _Groups, _Labels, _Pairs, _grow, _mask_fn, _sorted
 
 __all__ = ["run", "dispatch", "METRICS"]
-
-
-# ----------------------------------------------------------------------------- helpers
-def _grow(arr: np.ndarray, n: int) -> np.ndarray:
-    """arr with axis 0 zero-padded to at least n rows (doubling, so growth is amortised)."""
-    if arr.shape[0] >= n:
-        return arr
-    out = np.zeros((max(n, 2 * arr.shape[0]), *arr.shape[1:]), arr.dtype)
-    out[: arr.shape[0]] = arr
-    return out
-
-
-class _Labels:
-    """Stable ids for group values in order of appearance; `order()` sorts them like pd.factorize(sort=True)."""
-
-    def __init__(self):
-        self.ids: dict = {}
-        self.dtype = None
-
-    def codes(self, values: np.ndarray) -> np.ndarray:
-        codes, uniq = pd.factorize(values)
-        if self.dtype is None:
-            self.dtype = np.asarray(uniq).dtype
-        gid = np.array([self.ids.setdefault(u, len(self.ids)) for u in uniq], np.int64)
-        out = np.full(len(codes), -1, np.int64)
-        ok = codes >= 0
-        out[ok] = gid[codes[ok]]
-        return out
-
-    def __len__(self):
-        return len(self.ids)
-
-    def order(self) -> tuple[np.ndarray, np.ndarray]:
-        """(rank of each stable id in sorted order, sorted labels)."""
-        keys = np.array(list(self.ids), dtype=self.dtype if self.dtype is not None else object)
-        rank, labels = pd.factorize(keys, sort=True)
-        return rank, np.asarray(labels)
-
-
-def _sorted(arr: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(rank), *arr.shape[1:]), arr.dtype)
-    out[rank] = arr[: len(rank)]
-    return out
-
-
-class _Groups:
-    """Per-token group codes of a stream for by= (column name or array) / per_batch=."""
-
-    def __init__(self, by=None, per_batch=None):
-        if by is not None and per_batch is not None:
-            raise ValueError(f"pass by= or per_batch=, not both (got by={by!r}, per_batch={per_batch!r})")
-        if per_batch is not None and int(per_batch) < 1:
-            raise ValueError(f"per_batch={per_batch!r} must be a positive number of tokens, e.g. per_batch=4096")
-        self.by, self.per_batch, self.n = by, per_batch, 0
-        self.labels = _Labels() if by is not None else None
-        self.name = None if by is None else (by if isinstance(by, str) else "group")
-        if per_batch is not None:
-            self.name = "batch"
-
-    def column(self) -> list[str]:
-        return [self.by] if isinstance(self.by, str) else []
-
-    def values(self, ch: RoutingTrace, start: int) -> np.ndarray:
-        if isinstance(self.by, str):
-            return column(ch, self.by)[0]
-        return np.asarray(self.by)[start : start + ch.num_tokens]
-
-    def codes(self, ch: RoutingTrace, start: int) -> np.ndarray:
-        T = ch.num_tokens
-        if self.per_batch is not None:
-            c = (start + np.arange(T, dtype=np.int64)) // int(self.per_batch)
-            self.n = max(self.n, int(c[-1]) + 1) if T else self.n
-            return c
-        if self.by is None:
-            self.n = 1
-            return np.zeros(T, np.int64)
-        c = self.labels.codes(self.values(ch, start))
-        self.n = len(self.labels)
-        return c
-
-    @property
-    def G(self) -> int:
-        return max(self.n, 1) if self.by is None and self.per_batch is None else self.n
-
-    def finish(self, *arrays):
-        """(arrays in sorted-label order, labels, name)."""
-        if self.by is None and self.per_batch is None:
-            return [a[:1] if len(a) else np.zeros((1, *a.shape[1:]), a.dtype) for a in arrays], \
-                np.array([None], dtype=object), None
-        if self.per_batch is not None:
-            return [a[: self.n] for a in arrays], np.arange(self.n), "batch"
-        rank, labels = self.labels.order()
-        return [_sorted(a, rank) for a in arrays], labels, self.name
-
-
-class _Pairs:
-    """Consecutive tokens (s, p) -> (s, p + 1) of a stream, across chunks (see the module docstring)."""
-
-    def __init__(self):
-        self.pending = None
-
-    def feed(self, ch: RoutingTrace, start: int, code: np.ndarray) -> dict:
-        T = ch.num_tokens
-        new = dict(seq=ch.sequence, pos=ch.position, idx=start + np.arange(T, dtype=np.int64), code=code,
-                   tok=ch.token_id, ex=ch.experts, hp=ch.position == 0, hn=np.zeros(T, bool), new=np.ones(T, bool))
-        P = self.pending
-        U = new if P is None else {k: np.concatenate([P[k], new[k]]) for k in new}
-        order = np.lexsort((U["pos"], U["seq"]))                       # (tokens,) by (sequence, position)
-        a, b = order[:-1], order[1:]
-        adj = (U["seq"][a] == U["seq"][b]) & (U["pos"][b] == U["pos"][a] + 1)
-        U["hn"][a[adj]] = True
-        U["hp"][b[adj]] = True
-        emit = adj & (U["new"][a] | U["new"][b])                        # old-old pairs were emitted before
-        a, b = a[emit], b[emit]
-        keep = ~(U["hp"] & U["hn"])
-        self.pending = {k: v[keep] for k, v in U.items()}
-        self.pending["new"][:] = False
-        return dict(ea=U["ex"][a], eb=U["ex"][b], g=U["code"][a], ia=U["idx"][a], ib=U["idx"][b],
-                    tb=U["tok"][b], sa=U["seq"][a], pa=U["pos"][a])
-
-    def end_group(self):
-        self.pending = None
 
 
 # ------------------------------------------------------------------------ accumulators
@@ -502,25 +381,6 @@ METRICS = {
 
 
 # ------------------------------------------------------------------------------ driver
-def _mask_fn(where, n: int):
-    """where= as a function (chunk, raw start) -> bool mask, or None."""
-    if where is None:
-        return None
-    if callable(where):
-        return lambda ch, s: np.asarray(where(ch), bool)
-    w = np.asarray(where)
-    if w.dtype != bool:
-        idx = w.astype(np.int64)
-        if len(idx) > 1 and np.any(np.diff(idx) <= 0):
-            raise ValueError("streamed where= takes a boolean mask (or increasing token indices); "
-                             "for reordering indices load the trace with moelab.load_trace")
-        w = np.zeros(n, bool)
-        w[idx] = True
-    if w.shape != (n,):
-        raise TraceMismatchError(f"where= is a boolean mask of shape {w.shape}, expected ({n},): one entry per token")
-    return lambda ch, s: w[s : s + ch.num_tokens]
-
-
 def _filtered(src: TraceSource, columns, logits: bool, where):
     """Yield (trace, filtered start) per chunk, and None at each group change (for carried state)."""
     mask, start, group = _mask_fn(where, src.num_tokens), 0, None
@@ -562,76 +422,6 @@ def run(source, metrics: dict, *, where=None) -> dict:
         for a in accs.values():
             a.update(*item)
     return {key: a.result() for key, a in accs.items()}
-
-
-# --------------------------------------------------------------------------- agreement
-def _agree_counts(a, b, k=None, where=None, names=("a", "b"), same_k=True):
-    """Lockstep pass over two sources: (agree_counts summed (3, L), tokens, k)."""
-    a, b = scan_trace(a), scan_trace(b)
-    na, nb = names
-    if a.num_tokens != b.num_tokens:
-        raise TraceMismatchError(
-            f"{na} has {a.num_tokens} tokens but {nb} has {b.num_tokens} tokens: compare traces of the same inputs "
-            "(select the common tokens first, e.g. trace.select(mask))")
-    if a.num_experts != b.num_experts:
-        raise TraceMismatchError(f"{na} has E={a.num_experts} experts but {nb} has E={b.num_experts}")
-    if same_k and a.top_k != b.top_k:
-        raise TraceMismatchError(f"{na} has k={a.top_k} experts per token but {nb} has k={b.top_k}")
-    if a.num_layers != b.num_layers or not np.array_equal(a.layer_ids, b.layer_ids):
-        raise TraceMismatchError(f"{na} has MoE layers {a.layer_ids.tolist()} but {nb} has layers "
-                                 f"{b.layer_ids.tolist()}: traces of different models")
-    k = a.top_k if k is None else int(k)
-    mask = _mask_fn(where, a.num_tokens)
-    counts, T = np.zeros((3, a.num_layers), np.int64), 0
-    buf, it = [], (c.trace for c in b.chunks())
-    for c in a.chunks():
-        ta, n = c.trace, c.trace.num_tokens
-        while sum(len(x) for x in buf) < n:
-            buf.append(next(it))
-        tb = RoutingTrace.concat(buf) if len(buf) > 1 else buf[0]
-        rest = tb.select(slice(n, None))
-        buf = [rest] if len(rest) else []
-        tb = tb.select(slice(0, n))
-        for field in ("sequence", "position", "token_id"):
-            x, y = getattr(ta, field), getattr(tb, field)
-            if not np.array_equal(x, y):
-                i = int(np.flatnonzero(x != y)[0])
-                raise TraceMismatchError(
-                    f"{na} and {nb} differ in {field} at token {c.start + i} ({x[i]} vs {y[i]}): they do not describe "
-                    "the same tokens; streamed agreement needs both stored in the same (sequence, position) order")
-        if mask is not None:
-            m = mask(ta, c.start)
-            ta, tb = ta.select(m), tb.select(m)
-        counts += _ag.agree_counts(ta.experts, tb.experts, k, a.num_experts)
-        T += ta.num_tokens
-    return counts, T, k, a.layer_ids
-
-
-def agreement(a, b, *, where=None) -> pd.DataFrame:
-    counts, T, k, ids = _agree_counts(a, b, where=where)
-    top1, ov, exact = _ag.agree_rates(counts, T, k)
-    return pd.DataFrame({"top1": top1, "topk_overlap": ov, "exact_set": exact, "tokens": T},
-                        index=pd.Index(ids, name="layer"))
-
-
-def router_saturation(traces_by_checkpoint: dict, final, k=None) -> pd.DataFrame:
-    if not isinstance(traces_by_checkpoint, dict) or not traces_by_checkpoint:
-        raise TypeError("router_saturation needs a non-empty dict {checkpoint step: trace or path}; "
-                        f"got {type(traces_by_checkpoint).__name__}")
-    final = scan_trace(final)
-    frames = []
-    for step, t in traces_by_checkpoint.items():
-        t = scan_trace(t)
-        kk = final.top_k if k is None else int(k)
-        if not 1 <= kk <= min(t.top_k, final.top_k):
-            raise ValueError(f"k={kk} must lie in [1, {min(t.top_k, final.top_k)}] (the traces' top_k)")
-        try:
-            counts, T, kk, ids = _agree_counts(t, final, kk, names=(f"checkpoint {step!r}", "final"), same_k=False)
-        except TraceMismatchError as e:
-            raise TraceMismatchError(f"router_saturation: {e}") from None
-        top1, ov, _ = _ag.agree_rates(counts, T, kk)
-        frames.append(pd.DataFrame({"checkpoint": step, "layer": ids, "top1": top1, "topk": ov, "k": kk}))
-    return pd.concat(frames, ignore_index=True).set_index(["checkpoint", "layer"])
 
 
 def dispatch(fn, *args, **kwargs):
