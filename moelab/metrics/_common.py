@@ -22,10 +22,33 @@ from ..routing_trace import TOKEN_FIELDS, RoutingTrace, TraceMismatchError
 def check_trace(trace, fn: str) -> RoutingTrace:
     if not isinstance(trace, RoutingTrace):
         raise TypeError(
-            f"{fn}() expects a moelab.RoutingTrace; got {type(trace).__name__}. "
+            f"{fn}() expects a moelab.RoutingTrace, a trace path or a moelab.scan_trace(path); "
+            f"got {type(trace).__name__}. "
             "Load one with moelab.load_trace(path) or build one with RoutingTrace.from_arrays(...)."
         )
     return trace
+
+
+def streamable(fn):
+    """Dispatch `fn(trace, ...)` to `moelab.metrics.stream` when a trace argument is a path or TraceSource."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..scan import is_lazy
+
+        lazy = any(is_lazy(a) for a in args[:2]) or any(
+            is_lazy(v) for v in (kwargs.get("a"), kwargs.get("b"), kwargs.get("final"), kwargs.get("trace")))
+        if not lazy and fn.__name__ == "router_saturation" and args and isinstance(args[0], dict):
+            lazy = any(is_lazy(v) for v in args[0].values())
+        if lazy:
+            from . import stream
+
+            return stream.dispatch(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    wrapper.__wrapped_in_memory__ = fn
+    return wrapper
 
 
 def apply_where(trace: RoutingTrace, where) -> RoutingTrace:
@@ -128,6 +151,7 @@ def group_sizes(codes: np.ndarray, G: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- pairs
+@streamable
 def consecutive_pairs(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray]:
     """Index arrays (i, j) of every pair of consecutive tokens in the trace.
 

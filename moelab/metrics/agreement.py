@@ -29,26 +29,39 @@ import numpy as np
 import pandas as pd
 
 from ..routing_trace import RoutingTrace, TraceMismatchError
-from ._common import apply_where, check_same_tokens, check_trace, overlap
+from ._common import streamable, apply_where, check_same_tokens, check_trace, overlap
 
 __all__ = ["agreement", "router_saturation"]
 
 
+def agree_counts(ea: np.ndarray, eb: np.ndarray, k: int, E: int) -> np.ndarray:
+    """Per layer, (3, L) int: tokens with the same first choice, Σ |A ∩ B| and tokens with A == B,
+    comparing the first k ranks of experts ea, eb (tokens, L, k'). Sums over disjoint token sets."""
+    L = ea.shape[1]
+    out = np.zeros((3, L), np.int64)
+    for l in range(L):
+        xa, xb = ea[:, l, :k], eb[:, l, :k]                       # (tokens, k)
+        n = overlap(xa, xb, E)                                    # (tokens,) |A ∩ B|
+        out[0, l] = np.count_nonzero(xa[:, 0] == xb[:, 0])
+        out[1, l] = n.sum()
+        out[2, l] = np.count_nonzero(n == k)
+    return out
+
+
+def agree_rates(counts: np.ndarray, T: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top1, topk_overlap, exact_set), each (L,), from agree_counts summed over T tokens; NaN when T = 0."""
+    if T == 0:
+        nan = np.full(counts.shape[1], np.nan)
+        return nan, nan.copy(), nan.copy()
+    return counts[0] / T, counts[1] / T / k, counts[2] / T
+
+
 def _agree(a: RoutingTrace, b: RoutingTrace, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(top1, topk_overlap, exact_set), each (layers,), comparing the first k ranks."""
-    L, E = a.num_layers, a.num_experts
-    top1, ov, exact = np.full(L, np.nan), np.full(L, np.nan), np.full(L, np.nan)
-    if a.num_tokens == 0:
-        return top1, ov, exact
-    for l in range(L):
-        ea, eb = a.experts[:, l, :k], b.experts[:, l, :k]         # (tokens, k)
-        n = overlap(ea, eb, E)                                    # (tokens,) |A ∩ B|
-        top1[l] = np.mean(ea[:, 0] == eb[:, 0])
-        ov[l] = n.mean() / k
-        exact[l] = np.mean(n == k)
-    return top1, ov, exact
+    return agree_rates(agree_counts(a.experts, b.experts, k, a.num_experts), a.num_tokens, k)
 
 
+@streamable
 def agreement(a: RoutingTrace, b: RoutingTrace, *, where=None) -> pd.DataFrame:
     """Per layer: top1, topk_overlap and exact_set agreement of two traces of the same tokens.
 
@@ -69,6 +82,7 @@ def agreement(a: RoutingTrace, b: RoutingTrace, *, where=None) -> pd.DataFrame:
     )
 
 
+@streamable
 def router_saturation(traces_by_checkpoint: dict, final: RoutingTrace, k: int | None = None) -> pd.DataFrame:
     """OLMoE router saturation: agreement of each checkpoint's routing with the final one's.
 

@@ -35,6 +35,7 @@ import pandas as pd
 
 from ..routing_trace import RoutingTrace
 from ._common import (
+    streamable,
     apply_where,
     assignment_counts,
     batch_codes,
@@ -57,6 +58,7 @@ def _groups(trace, by, per_batch):
     return group_codes(trace, by)
 
 
+@streamable
 def expert_load(trace: RoutingTrace, first_only: bool = False, *, by=None, per_batch=None, where=None) -> pd.DataFrame:
     """Tokens per expert, per layer: counts and fractions.
 
@@ -71,15 +73,20 @@ def expert_load(trace: RoutingTrace, first_only: bool = False, *, by=None, per_b
     """
     trace = apply_where(check_trace(trace, "expert_load"), where)
     codes, labels, name = _groups(trace, by, per_batch)
-    G, L, E = len(labels), trace.num_layers, trace.num_experts
+    G = len(labels)
     counts = assignment_counts(trace, codes, G, 1 if first_only else trace.top_k)   # (G, L, E)
-    tokens = group_sizes(codes, G)                                                    # (G,)
+    return _load_frame(counts, group_sizes(codes, G), labels, name, trace.layer_ids, trace.num_experts)
+
+
+def _load_frame(counts, tokens, labels, name, layer_ids, E) -> pd.DataFrame:
+    """expert_load's frame from counts (G, L, E) and tokens (G,): shared by the in-memory and streamed paths."""
+    G, L = counts.shape[0], len(layer_ids)
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = counts / counts.sum(-1, keepdims=True)
         per_token = counts / tokens[:, None, None]
     df = pd.DataFrame(
         {
-            "layer": np.tile(np.repeat(trace.layer_ids, E), G),
+            "layer": np.tile(np.repeat(layer_ids, E), G),
             "expert": np.tile(np.arange(E), G * L),
             "count": counts.reshape(-1),
             "fraction": fraction.reshape(-1),
@@ -106,6 +113,7 @@ def _softmax_stats(logits_l: np.ndarray, codes: np.ndarray, G: int):
     return psum, zsum
 
 
+@streamable
 def balance(trace: RoutingTrace, *, by=None, per_batch=None, first_only: bool = False, where=None) -> pd.DataFrame:
     """Balance statistics of every MoE layer: one row per layer (and group).
 
@@ -125,7 +133,20 @@ def balance(trace: RoutingTrace, *, by=None, per_batch=None, first_only: bool = 
     G, L, E, k = len(labels), trace.num_layers, trace.num_experts, trace.top_k
     topk = assignment_counts(trace, codes, G, k)                           # (G, L, E)
     first = topk if k == 1 else assignment_counts(trace, codes, G, 1)      # (G, L, E)
-    tokens = group_sizes(codes, G).astype(np.float64)                      # (G,)
+    psum = zsum = None
+    if trace.logits is not None:
+        psum, zsum = np.zeros((G, L, E)), np.zeros((G, L))
+        for l in range(L):
+            psum[:, l], zsum[:, l] = _softmax_stats(trace.logits[:, l, :], codes, G)   # (G, E), (G,)
+    return _balance_frame(topk, first, group_sizes(codes, G), psum, zsum, labels, name, trace.layer_ids, E, k,
+                          first_only)
+
+
+def _balance_frame(topk, first, tokens, psum, zsum, labels, name, layer_ids, E, k, first_only) -> pd.DataFrame:
+    """balance's frame from counts (G, L, E), tokens (G,) and summed probabilities psum (G, L, E) and
+    squared logsumexp zsum (G, L) (None without logits): shared by the in-memory and streamed paths."""
+    G, L = topk.shape[0], len(layer_ids)
+    tokens = np.asarray(tokens).astype(np.float64)                         # (G,)
     load = (first if first_only else topk).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = load.mean(-1)
@@ -140,18 +161,17 @@ def balance(trace: RoutingTrace, *, by=None, per_batch=None, first_only: bool = 
         switch_topk = np.full((G, L), np.nan)
         hf_aux = np.full((G, L), np.nan)
         z_loss = np.full((G, L), np.nan)
-        if trace.logits is not None:
+        if psum is not None:
             T = tokens[:, None]
             for l in range(L):
-                psum, zsum = _softmax_stats(trace.logits[:, l, :], codes, G)   # (G, E), (G,)
-                P = psum / T                                                     # (G, E) mean prob
+                P = psum[:, l] / T                                               # (G, E) mean prob
                 switch_aux[:, l] = E * (first[:, l] / T * P).sum(-1)
                 hf_aux[:, l] = E * (topk[:, l] / T * P).sum(-1)
                 switch_topk[:, l] = hf_aux[:, l] / k
-                z_loss[:, l] = zsum / tokens
+                z_loss[:, l] = zsum[:, l] / tokens
     df = pd.DataFrame(
         {
-            "layer": np.tile(trace.layer_ids, G),
+            "layer": np.tile(layer_ids, G),
             "tokens": np.repeat(tokens.astype(np.int64), L),
             "cv": cv.reshape(-1),
             "maxvio": maxvio.reshape(-1),
@@ -167,6 +187,7 @@ def balance(trace: RoutingTrace, *, by=None, per_batch=None, first_only: bool = 
     return index_frame(df, name, ["layer"])
 
 
+@streamable
 def hf_aux_loss(trace: RoutingTrace, *, where=None) -> float:
     """The whole-model auxiliary loss exactly as transformers' `load_balancing_loss_func`.
 
@@ -189,9 +210,14 @@ def hf_aux_loss(trace: RoutingTrace, *, where=None) -> float:
         )
     T, L, E, k = trace.num_tokens, trace.num_layers, trace.num_experts, trace.top_k
     codes = np.zeros(T, np.int64)
-    counts = assignment_counts(trace, codes, 1, k)[0].sum(0).astype(np.float64)   # (E,)
+    counts = assignment_counts(trace, codes, 1, k)[0].sum(0)                    # (E,)
     psum = np.zeros(E)
     for l in range(L):
         psum += _softmax_stats(trace.logits[:, l, :], codes, 1)[0][0]
+    return _hf_aux_value(counts, psum, T, L, E)
+
+
+def _hf_aux_value(counts, psum, T: int, L: int, E: int) -> float:
+    """E · Σ_i (n_i / LT) (Σ p_i / LT) from top-k counts (E,) and summed probabilities (E,) over all layers."""
     rows = float(L * T)
-    return float(E * np.sum((counts / rows) * (psum / rows)))
+    return float(E * np.sum((np.asarray(counts, np.float64) / rows) * (psum / rows)))

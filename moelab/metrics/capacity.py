@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..routing_trace import RoutingTrace
-from ._common import apply_where, check_trace
+from ._common import streamable, apply_where, check_trace
 
 __all__ = ["capacity_drops", "capacity"]
 
@@ -66,6 +66,7 @@ def _batches(trace: RoutingTrace, batch_size) -> tuple[np.ndarray, int]:
     return codes, int(codes[-1]) + 1 if T else 0
 
 
+@streamable
 def capacity_drops(
     trace: RoutingTrace,
     capacity_factors=(1.0, 1.25, 1.5, 2.0),
@@ -87,32 +88,78 @@ def capacity_drops(
     """
     trace = apply_where(check_trace(trace, "capacity_drops"), where)
     T, L, E, k = trace.num_tokens, trace.num_layers, trace.num_experts, trace.top_k
+    cfs, bss = _check_factors(capacity_factors), _batch_list(batch_sizes)
+    over_all = np.zeros((len(bss), L, len(cfs)), np.int64)
+    over_first = np.zeros_like(over_all)
+    B, longest = np.zeros(len(bss), np.int64), np.zeros(len(bss), np.int64)
+    for i, bs in enumerate(bss):
+        codes, B[i] = _batches(trace, bs)
+        sizes = np.bincount(codes, minlength=B[i])                       # (B,) tokens per batch
+        longest[i] = sizes.max(initial=0)
+        n = batch_counts(trace.experts, codes, int(B[i]), E)            # (batches, layers, rank, expert)
+        over_all[i], over_first[i] = overflow(n, sizes, cfs, k, E)
+    return _drops_frame(over_all, over_first, B, longest, T, bss, cfs, trace.layer_ids, k, E)
+
+
+def _check_factors(capacity_factors) -> list[float]:
     cfs = [float(c) for c in np.atleast_1d(np.asarray(capacity_factors, dtype=object))]
     for c in cfs:
         if not c > 0:
             raise ValueError(f"capacity factor {c!r} must be > 0, e.g. capacity_factors=[1.0, 1.25, 2.0]")
+    return cfs
+
+
+def _batch_list(batch_sizes) -> list:
+    bss = list(batch_sizes) if not isinstance(batch_sizes, (str, int)) else [batch_sizes]
+    for bs in bss:
+        if isinstance(bs, str) and bs != "sequence":
+            raise ValueError(
+                f"batch_size={bs!r} is not understood: give a number of tokens (e.g. 4096) or 'sequence'")
+        if not isinstance(bs, str) and int(bs) < 1:
+            raise ValueError(f"batch_size={bs!r} must be a positive number of tokens or 'sequence'")
+    return bss
+
+
+def batch_counts(experts: np.ndarray, codes: np.ndarray, B: int, E: int) -> np.ndarray:
+    """Assignments per (batch, layer, rank, expert), (B, L, k, E), from experts (tokens, L, k) and batch codes."""
+    T, L, k = experts.shape
+    base = codes[:, None] * (k * E) + np.arange(k) * E                   # (tokens, k)
+    out = np.zeros((B, L, k, E), np.int64)
+    for l in range(L):
+        key = (base + experts[:, l, :]).reshape(-1)                      # (tokens * k,)
+        out[:, l] = np.bincount(key, minlength=B * k * E).reshape(B, k, E)
+    return out
+
+
+def overflow(n: np.ndarray, sizes: np.ndarray, cfs, k: int, E: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dropped assignments (all ranks, first choices), each (L, len(cfs)), of whole batches
+    n (B, L, k, E) of `sizes` (B,) tokens. Sums over batches: add the results of disjoint batch sets."""
+    L = n.shape[1]
+    over_all, over_first = np.zeros((L, len(cfs)), np.int64), np.zeros((L, len(cfs)), np.int64)
+    for l in range(L):
+        cum = n[:, l].cumsum(1)                                          # assignments of ranks ≤ r
+        for j, cf in enumerate(cfs):
+            C = capacity(cf, sizes, k, E)[:, None]                       # (B, 1)
+            over_first[l, j] = np.maximum(cum[:, 0, :] - C, 0).sum()
+            over_all[l, j] = np.maximum(cum[:, -1, :] - C, 0).sum()
+    return over_all, over_first
+
+
+def _drops_frame(over_all, over_first, B, longest, T, bss, cfs, layer_ids, k, E) -> pd.DataFrame:
+    """capacity_drops' frame from dropped counts (batch sizes, L, cfs), batches and longest batch per batch size."""
     rows = []
-    for bs in list(batch_sizes) if not isinstance(batch_sizes, (str, int)) else [batch_sizes]:
-        codes, B = _batches(trace, bs)
-        sizes = np.bincount(codes, minlength=B)                          # (B,) tokens per batch
-        base = codes[:, None] * (k * E) + np.arange(k) * E               # (tokens, k)
-        for l in range(L):
-            key = (base + trace.experts[:, l, :]).reshape(-1)            # (tokens * k,)
-            n = np.bincount(key, minlength=B * k * E).reshape(B, k, E)   # (batches, rank, expert)
-            cum = n.cumsum(1)                                            # assignments of ranks ≤ r
-            for cf in cfs:
-                C = capacity(cf, sizes, k, E)[:, None]                   # (B, 1)
-                over_first = np.maximum(cum[:, 0, :] - C, 0)             # (B, E)
-                over_all = np.maximum(cum[:, -1, :] - C, 0)
+    for i, bs in enumerate(bss):
+        for l in range(len(layer_ids)):
+            for j, cf in enumerate(cfs):
                 rows.append(
                     (
-                        int(trace.layer_ids[l]),
+                        int(layer_ids[l]),
                         cf,
                         bs if isinstance(bs, str) else int(bs),
-                        capacity(cf, int(sizes.max(initial=0)), k, E),
-                        B,
-                        over_all.sum() / max(T * k, 1),
-                        over_first.sum() / max(T, 1),
+                        capacity(cf, int(longest[i]), k, E),
+                        int(B[i]),
+                        over_all[i, l, j] / max(T * k, 1),
+                        over_first[i, l, j] / max(T, 1),
                     )
                 )
     df = pd.DataFrame(

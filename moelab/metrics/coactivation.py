@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..routing_trace import RoutingTrace
-from ._common import apply_where, check_trace
+from ._common import streamable, apply_where, check_trace
 
 __all__ = ["coactivation", "layer_transitions"]
 
@@ -47,6 +47,7 @@ def _row_normalise(counts: np.ndarray, diag: bool) -> np.ndarray:
         return counts / n
 
 
+@streamable
 def coactivation(trace: RoutingTrace, *, normalize: bool = True, where=None) -> pd.DataFrame:
     """OLMoE co-activation: per layer, P(j in top-k | i in top-k) as an (E, E) matrix.
 
@@ -57,11 +58,17 @@ def coactivation(trace: RoutingTrace, *, normalize: bool = True, where=None) -> 
     Indexed (layer, expert i); columns `coexpert` j. See the module docstring.
     """
     trace = apply_where(check_trace(trace, "coactivation"), where)
-    L, E, k = trace.num_layers, trace.num_experts, trace.top_k
+    counts = coactivation_counts(trace.experts, trace.num_experts)           # (L, E, E)
+    return _frame(_row_normalise(counts, diag=True) if normalize else counts, trace.layer_ids, "coexpert")
+
+
+def coactivation_counts(experts: np.ndarray, E: int) -> np.ndarray:
+    """N(i, j) per layer, (L, E, E), diagonal N(i), from experts (tokens, L, k). Sums over disjoint token sets."""
+    T, L, k = experts.shape
     counts = np.zeros((L, E, E), np.int64)
     eye = np.arange(E) * (E + 1)
     for l in range(L):
-        ex = trace.experts[:, l, :].astype(np.int64)               # (tokens, k)
+        ex = experts[:, l, :].astype(np.int64)                     # (tokens, k)
         c = np.zeros(E * E, np.int64)
         for r in range(k):
             c[eye] += np.bincount(ex[:, r], minlength=E)           # diagonal: N(i)
@@ -70,9 +77,10 @@ def coactivation(trace: RoutingTrace, *, normalize: bool = True, where=None) -> 
         c = c.reshape(E, E)
         off = c - np.diag(np.diag(c))
         counts[l] = off + off.T + np.diag(np.diag(c))             # pairs counted both ways
-    return _frame(_row_normalise(counts, diag=True) if normalize else counts, trace.layer_ids, "coexpert")
+    return counts
 
 
+@streamable
 def layer_transitions(trace: RoutingTrace, *, normalize: bool = True, where=None) -> pd.DataFrame:
     """First choice at layer l → first choice at the next MoE layer, per l.
 
@@ -84,11 +92,17 @@ def layer_transitions(trace: RoutingTrace, *, normalize: bool = True, where=None
     `normalize=False` gives counts; the default divides each row by its sum.
     """
     trace = apply_where(check_trace(trace, "layer_transitions"), where)
-    L, E = trace.num_layers, trace.num_experts
+    counts = transition_counts(trace.experts, trace.num_experts)             # (L-1, E, E)
+    return _frame(_row_normalise(counts, diag=False) if normalize else counts, trace.layer_ids[:-1], "next_expert")
+
+
+def transition_counts(experts: np.ndarray, E: int) -> np.ndarray:
+    """First choice i at layer l -> j at l+1, counts (L-1, E, E), from experts (tokens, L, k)."""
+    L = experts.shape[1]
     counts = np.zeros((max(L - 1, 0), E, E), np.int64)
-    prev = trace.experts[:, 0, 0].astype(np.int64) if L else None
+    prev = experts[:, 0, 0].astype(np.int64) if L else None
     for l in range(L - 1):
-        nxt = trace.experts[:, l + 1, 0].astype(np.int64)
+        nxt = experts[:, l + 1, 0].astype(np.int64)
         counts[l] = np.bincount(prev * E + nxt, minlength=E * E).reshape(E, E)
         prev = nxt
-    return _frame(_row_normalise(counts, diag=False) if normalize else counts, trace.layer_ids[:-1], "next_expert")
+    return counts

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..routing_trace import RoutingTrace
-from ._common import apply_where, check_trace, consecutive_pairs, group_codes, index_frame, overlap
+from ._common import streamable, apply_where, check_trace, consecutive_pairs, group_codes, index_frame, overlap
 
 __all__ = ["repeat_rates", "consecutive_pairs", "next_token_ids", "random_repeat_rates"]
 
@@ -45,6 +45,7 @@ def random_repeat_rates(num_experts: int, top_k: int) -> tuple[float, float]:
     return 1.0 / E, 1.0 - comb(E - k, k) / comb(E, k)
 
 
+@streamable
 def repeat_rates(trace: RoutingTrace, by=None, *, where=None) -> pd.DataFrame:
     """Mixtral Table 5: how often consecutive tokens repeat their experts, per layer.
 
@@ -58,27 +59,38 @@ def repeat_rates(trace: RoutingTrace, by=None, *, where=None) -> pd.DataFrame:
     with `df["first"].unstack(0)` for a layer x domain table.
     """
     trace = apply_where(check_trace(trace, "repeat_rates"), where)
-    L, E = trace.num_layers, trace.num_experts
     codes, labels, name = group_codes(trace, by)
     G = len(labels)
     a, b = consecutive_pairs(trace)                          # (pairs,), (pairs,)
-    g = codes[a]
+    first, anyk, pairs = pair_counts(trace.experts[a], trace.experts[b], codes[a], G, trace.num_experts)
+    return _repeat_frame(first, anyk, pairs, labels, name, trace.layer_ids, trace.num_experts, trace.top_k)
+
+
+def pair_counts(ea: np.ndarray, eb: np.ndarray, g: np.ndarray, G: int, E: int):
+    """Counts over consecutive pairs (ea[i], eb[i]), each (pairs, L, k), of group g[i] (-1: skipped):
+    same first choice (G, L), any shared expert (G, L), pairs (G,). Sums over disjoint sets of pairs."""
     keep = g >= 0
-    a, b, g = a[keep], b[keep], g[keep]
+    ea, eb, g = ea[keep], eb[keep], g[keep]
+    L = ea.shape[1]
     pairs = np.bincount(g, minlength=G).astype(np.float64)   # (G,)
     first = np.zeros((G, L))
     anyk = np.zeros((G, L))
     for l in range(L):
-        ea, eb = trace.experts[a, l, :], trace.experts[b, l, :]   # (pairs, k)
-        first[:, l] = np.bincount(g, weights=(ea[:, 0] == eb[:, 0]), minlength=G)
-        anyk[:, l] = np.bincount(g, weights=(overlap(ea, eb, E) > 0), minlength=G)
+        xa, xb = ea[:, l, :], eb[:, l, :]                    # (pairs, k)
+        first[:, l] = np.bincount(g, weights=(xa[:, 0] == xb[:, 0]), minlength=G)
+        anyk[:, l] = np.bincount(g, weights=(overlap(xa, xb, E) > 0), minlength=G)
+    return first, anyk, pairs
+
+
+def _repeat_frame(first, anyk, pairs, labels, name, layer_ids, E, k) -> pd.DataFrame:
+    G, L = first.shape
     with np.errstate(invalid="ignore", divide="ignore"):
-        first /= pairs[:, None]
-        anyk /= pairs[:, None]
-    r_first, r_any = random_repeat_rates(E, trace.top_k)
+        first = first / pairs[:, None]
+        anyk = anyk / pairs[:, None]
+    r_first, r_any = random_repeat_rates(E, k)
     df = pd.DataFrame(
         {
-            "layer": np.tile(trace.layer_ids, G),
+            "layer": np.tile(layer_ids, G),
             "first": first.reshape(-1),
             "any": anyk.reshape(-1),
             "first_random": r_first,
@@ -91,6 +103,7 @@ def repeat_rates(trace: RoutingTrace, by=None, *, where=None) -> pd.DataFrame:
     return index_frame(df, name, ["layer"])
 
 
+@streamable
 def next_token_ids(trace: RoutingTrace) -> np.ndarray:
     """Per token, the token_id at position + 1 of the same sequence; -1 when there is none.
 

@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..routing_trace import RoutingTrace
 from ._common import (
+    streamable,
     apply_where,
     assignment_counts,
     check_trace,
@@ -52,15 +53,42 @@ def _layers(trace, layers):
 def _by_layer_expert(trace, by, layers, first_only):
     codes, labels, name = group_codes(trace, by)
     ids, pos = _layers(trace, layers)
-    G, E = len(labels), trace.num_experts
-    counts = assignment_counts(trace, codes, G, 1 if first_only else trace.top_k, pos)   # (G, layers, E)
-    index = pd.MultiIndex.from_arrays(
+    counts = assignment_counts(trace, codes, len(labels), 1 if first_only else trace.top_k, pos)   # (G, layers, E)
+    return counts, group_sizes(codes, len(labels)), labels, name, ids
+
+
+def _index(labels, name, ids, E):
+    G = len(labels)
+    return pd.MultiIndex.from_arrays(
         [np.repeat(labels, len(ids) * E), np.tile(np.repeat(ids, E), G), np.tile(np.arange(E), G * len(ids))],
         names=[name, "layer", "expert"],
     )
-    return counts, group_sizes(codes, G), index
 
 
+def _dist_frame(counts, labels, name, ids, E) -> pd.DataFrame:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = counts / counts.sum(-1, keepdims=True)
+    return pd.DataFrame(
+        {"count": counts.reshape(-1), "fraction": frac.reshape(-1), "uniform": 1.0 / E}, index=_index(labels, name, ids, E)
+    )
+
+
+def _spec_frame(counts, sizes, labels, name, ids, E, kk) -> pd.DataFrame:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spec = counts / sizes[:, None, None]
+    tokens = np.broadcast_to(sizes[:, None, None], counts.shape)
+    return pd.DataFrame(
+        {
+            "count": counts.reshape(-1),
+            "tokens": tokens.reshape(-1),
+            "specialization": spec.reshape(-1),
+            "random": kk / E,
+        },
+        index=_index(labels, name, ids, E),
+    )
+
+
+@streamable
 def domain_distribution(trace: RoutingTrace, by: str = "domain", layers=None, *, first_only=False, where=None):
     """Mixtral Figure 7: per domain, the share of expert assignments each expert gets.
 
@@ -75,14 +103,11 @@ def domain_distribution(trace: RoutingTrace, by: str = "domain", layers=None, *,
     """
     trace = apply_where(check_trace(trace, "domain_distribution"), where)
     layers = default_layers(trace) if layers is None else layers
-    counts, _, index = _by_layer_expert(trace, by, layers, first_only)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = counts / counts.sum(-1, keepdims=True)
-    return pd.DataFrame(
-        {"count": counts.reshape(-1), "fraction": frac.reshape(-1), "uniform": 1.0 / trace.num_experts}, index=index
-    )
+    counts, _, labels, name, ids = _by_layer_expert(trace, by, layers, first_only)
+    return _dist_frame(counts, labels, name, ids, trace.num_experts)
 
 
+@streamable
 def domain_specialization(trace: RoutingTrace, by: str = "domain", layers=None, *, first_only=False, where=None):
     """OLMoE domain specialization N_k(E, D) / N(D), per (domain, layer, expert).
 
@@ -96,22 +121,11 @@ def domain_specialization(trace: RoutingTrace, by: str = "domain", layers=None, 
     1/E with first_only). All layers unless `layers` (decoder-layer ids) is given.
     """
     trace = apply_where(check_trace(trace, "domain_specialization"), where)
-    counts, sizes, index = _by_layer_expert(trace, by, layers, first_only)
-    kk = 1 if first_only else trace.top_k
-    with np.errstate(invalid="ignore", divide="ignore"):
-        spec = counts / sizes[:, None, None]
-    tokens = np.broadcast_to(sizes[:, None, None], counts.shape)
-    return pd.DataFrame(
-        {
-            "count": counts.reshape(-1),
-            "tokens": tokens.reshape(-1),
-            "specialization": spec.reshape(-1),
-            "random": kk / trace.num_experts,
-        },
-        index=index,
-    )
+    counts, sizes, labels, name, ids = _by_layer_expert(trace, by, layers, first_only)
+    return _spec_frame(counts, sizes, labels, name, ids, trace.num_experts, 1 if first_only else trace.top_k)
 
 
+@streamable
 def vocab_specialization(
     trace: RoutingTrace,
     by="token_id",
@@ -155,10 +169,16 @@ def vocab_specialization(
     codes = codes.astype(np.int64)
     V, E = len(labels), trace.num_experts
     n_x = group_sizes(codes, V)                                  # (V,) occurrences of each id
-    ok_id = n_x >= max(int(min_count), 1)                        # (V,)
     ids, pos = _layers(trace, layers)
     kk = 1 if first_only else trace.top_k
     counts = assignment_counts(trace, codes, V, kk, pos)         # (V, layers, E) N(x, E)
+    return _vocab_frame(counts, n_x, labels, name, ids, E, kk, min_count, detail)
+
+
+def _vocab_frame(counts, n_x, labels, name, ids, E, kk, min_count, detail) -> pd.DataFrame:
+    """vocab_specialization's frame from N(x, E) counts (V, layers, E) and N(x) (V,), ids sorted."""
+    ok_id = n_x >= max(int(min_count), 1)                        # (V,)
+    counts = counts.copy()
     counts[~ok_id] = 0
     with np.errstate(invalid="ignore", divide="ignore"):
         spec = counts / n_x[:, None, None]                       # (V, layers, E)
