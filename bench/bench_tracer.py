@@ -91,8 +91,8 @@ def workloads(model, device):
     for b in (1, 16):
         prompt = torch.randint(3, 32000, (b, 256), generator=g).to(device)
         with torch.no_grad():
-            out = model(input_ids=prompt, use_cache=True)
-            cache = next(v for v in out.values() if hasattr(v, "get_seq_length"))
+            res = model(input_ids=prompt, use_cache=True)
+            cache = next(v for v in res.values() if hasattr(v, "get_seq_length"))
         step = torch.randint(3, 32000, (b, 1), generator=g).to(device)
         mask = torch.ones(b, 257, dtype=torch.long, device=device)   # as generate passes it
         out[f"decode_b{b}_kv256"] = (dict(input_ids=step, attention_mask=mask, **{CACHE_KW: cache},

@@ -212,6 +212,14 @@ def _table_to_trace(table: pa.Table, meta: dict, path: Path) -> RoutingTrace:
     )
 
 
+def _signature(meta: dict) -> dict:
+    """What files of one trace folder must share."""
+    inner = meta.get("meta") or {}
+    return {"model": inner.get("model") or None, "num_experts": meta.get("num_experts"),
+            "num_layers": meta.get("num_layers"), "top_k": meta.get("top_k"),
+            "layer_ids": list(meta.get("layer_ids") or [])}
+
+
 def load_trace(path, *, columns: list[str] | None = None) -> RoutingTrace:
     """Read a trace file, or the union of every trace file in a folder.
 
@@ -227,9 +235,19 @@ def load_trace(path, *, columns: list[str] | None = None) -> RoutingTrace:
     files = _files(path)
     if columns is not None:
         columns = list(dict.fromkeys([*TOKEN_FIELDS, "experts", *columns]))
-    parts, groups = [], []
+    parts, groups, first = [], [], None
     for f in files:
         table, meta = _read_table(f, columns=columns)
+        sig = _signature(meta)
+        if first is None:
+            first = (f, sig)
+        diff = [k for k in sig if sig[k] != first[1][k] and not (k == "model" and None in (sig[k], first[1][k]))]
+        if diff:
+            raise TraceMismatchError(
+                f"{path}: holds traces of different models/settings: {first[0].name} and {f.name} differ in "
+                f"{', '.join(diff)} ({ {k: first[1][k] for k in diff} } vs { {k: sig[k] for k in diff} }). "
+                "Keep one model's trace per folder."
+            )
         parts.append(_table_to_trace(table, meta, f))
         # streamed parts of one run and shard continue each other's sequences; other files do not
         run = meta.get("run")

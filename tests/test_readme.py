@@ -37,6 +37,6 @@ def test_every_public_name_in_the_api_table_exists():
 
 
 @pytest.mark.parametrize("path", ["docs/metrics.md", "docs/compute.md", "docs/serving.md", "docs/explorer.md",
-                                  "docs/interventions.md", "requirements/lock.txt"])
+                                  "docs/interventions.md", "docs/scale.md", "requirements/lock.txt"])
 def test_files_the_readme_links_exist(path):
     assert (README.parent / path).is_file()

@@ -130,7 +130,7 @@ def test_folder_of_shards_is_the_union_with_disjoint_sequences(tmp_path):
 def test_folder_mixing_different_models_is_a_mismatch_error(tmp_path):
     synthetic(L=4).save(tmp_path / "a.parquet")
     synthetic(L=3).save(tmp_path / "b.parquet")
-    with pytest.raises(TraceMismatchError, match="different"):
+    with pytest.raises(TraceMismatchError, match=r"a\.parquet and b\.parquet differ in num_layers, layer_ids"):
         moelab.load_trace(tmp_path)
 
 
