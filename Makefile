@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.moelab-installed
 OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 CORE_TESTS := tests/test_tracking.py tests/test_feeding.py tests/test_tracer.py tests/test_store.py tests/test_codec.py
 
-.PHONY: install figures test test-fast test-suite test-latest test-oldest bench lock clean
+.PHONY: install figures lab test test-fast test-suite test-latest test-oldest bench lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ install: $(STAMP)
 
 figures: $(STAMP)
 	$(BIN)/moelab figures
+
+lab: $(STAMP)           # pair every notebooks/NN_*.py with an .ipynb (jupytext.toml) and open JupyterLab
+	$(BIN)/jupytext --sync notebooks/0*.py
+	$(BIN)/jupyter lab notebooks/
 
 test: test-suite test-oldest test-latest
 
