@@ -49,10 +49,10 @@ test-oldest: $(STAMP)
 		"transformers==$(OLDEST_TRANSFORMERS)"
 	PYTHONPATH=.compat/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
 
-test-latest:
-	$(PYTHON) -m venv .venv-latest
+test-latest:            # a new venv each time: pip then picks the newest release of everything but the pinned torch
+	$(PYTHON) -m venv --clear .venv-latest
 	.venv-latest/bin/python -m pip install -q $(TORCH)
-	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e . pytest
+	.venv-latest/bin/python -m pip install -q -e . pytest
 	.venv-latest/bin/python -c "import transformers, torch; print('newest allowed: transformers', transformers.__version__, 'torch', torch.__version__)"
 	.venv-latest/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
 
