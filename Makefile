@@ -52,7 +52,7 @@ test-oldest: $(STAMP)
 test-latest:            # a new venv each time: pip then picks the newest release of everything but the pinned torch
 	$(PYTHON) -m venv --clear .venv-latest
 	.venv-latest/bin/python -m pip install -q $(TORCH)
-	.venv-latest/bin/python -m pip install -q -e . pytest
+	.venv-latest/bin/python -m pip install -q -e . pytest duckdb polars
 	.venv-latest/bin/python -c "import transformers, torch; print('newest allowed: transformers', transformers.__version__, 'torch', torch.__version__)"
 	.venv-latest/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
 
