@@ -76,6 +76,7 @@ def test_a_forward_without_mask_records_every_token(model):
 
 
 # ---------------------------------------------------------------- generate
+@pytest.mark.slow
 @pytest.mark.parametrize("sample", [False, True])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_generate_with_padding_records_each_read_token_once(model, sample, side):
@@ -109,6 +110,7 @@ def test_generate_with_a_static_cache(model):
     assert_exact(model, tr, {i: r.tolist() + generated(out, 5, i)[:-1] for i, r in enumerate(rows)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["generate_argument", "generation_config"])
 def test_rows_finished_by_eos_record_their_eos_and_no_filler(model, how):
     rows = prompts(5, 5, seed=4)

@@ -31,6 +31,7 @@ def own_trace(model, ids):
 
 
 # ------------------------------------------------------------------ no-ops are bitwise no-ops
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(BUILDERS))
 def test_recomputing_the_routers_own_choice_is_bitwise_equal(arch, ids):
     torch.manual_seed(0)
@@ -44,6 +45,7 @@ def test_recomputing_the_routers_own_choice_is_bitwise_equal(arch, ids):
     assert torch.equal(logits(model, ids, skip=0.0), ref)                       # never skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_replaying_or_forcing_the_models_own_routing_is_bitwise_equal(arch, impl, ids):

@@ -70,6 +70,7 @@ def test_frontier_aggregates_domains_and_places_dense_baselines(mixtral):
     assert dense.active_params.iloc[0] == pytest.approx(fr.loc["top-1", "active_params"], rel=0.01)
 
 
+@pytest.mark.slow
 def test_the_prefix_reusing_sweep_equals_full_forwards(mixtral):
     kw = dict(texts=TEXTS, layers=[0, 2], experts=[1, 5], seq_len=16, batch_size=2, progress=False)
     fast = ablation_sweep(mixtral, CharTok(), reuse_prefix=True, **kw)

@@ -83,6 +83,7 @@ def test_embedded_model_loads_offline_and_reads_every_domain(monkeypatch):
     assert tr.num_tokens == int(batch["attention_mask"].sum())
 
 
+@pytest.mark.slow
 @needs_model
 def test_embedded_model_beats_the_unigram_baseline_by_3x():
     from moelab.train import heldout_perplexity, mixed, tokenize_split, unigram_perplexity
@@ -246,6 +247,7 @@ def test_per_layer_loss_gradient_pushes_a_collapsed_layer_towards_balance():
 
 
 # ------------------------------------------------------------------ training code cannot rot
+@pytest.mark.slow
 def test_training_script_runs_a_tiny_model_for_a_few_steps(tmp_path):
     from moelab.train import PRESETS, TrainConfig, train
 

@@ -14,6 +14,7 @@ def thirty_seconds_block() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_thirty_seconds_example_runs_and_its_shape_comment_is_true(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                          # it saves run.parquet in the working folder
     code = thirty_seconds_block()
