@@ -26,7 +26,7 @@
 #
 # **Needs.** Nothing but CPU: a tiny random Mixtral block built from a config, synthetic
 # routers, and (last section) the embedded model `moelab-mixtral-tiny`.
-# **Takes** ~10 s on 2 CPU cores.
+# **Takes** 15 s (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01).
 #
 # **On real Mixtral 8x7B.** Parts 1–2 use no weights. For the capacity section on the real
 # model set `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16 MOELAB_DEVICE=cuda`

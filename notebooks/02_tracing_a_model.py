@@ -23,7 +23,7 @@
 # — with moelab, and with pandas, DuckDB and Polars directly, no moelab needed; and the
 # `moelab trace` command line for tracing a corpus to disk.
 #
-# **Needs.** The embedded model `moelab-mixtral-tiny` (CPU). **Takes** ~30 s on 2 CPU cores (~15 s with `MOELAB_FAST=1`).
+# **Needs.** The embedded model `moelab-mixtral-tiny` (CPU). **Takes** 37 s (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01).
 #
 # **On real Mixtral 8x7B.** Set `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16
 # MOELAB_DEVICE=cuda` (≈ 94 GB of fp16 weights: one 141 GB GPU, two 80 GB GPUs, or

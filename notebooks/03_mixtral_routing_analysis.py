@@ -30,8 +30,8 @@
 #
 # **Needs.** The embedded model `moelab-mixtral-tiny` and the held-out split of the corpus
 # (`MOELAB_DOCS_PER_DOMAIN` documents of each domain, windows of `MOELAB_SEQ_LEN` tokens).
-# **Takes** 2–8 min on 2 shared CPU cores, nearly all of it the trace cell (measured 461 s for the full
-# run and 106 s with `MOELAB_FAST=1` on a busy machine; a fresh-clone run measured 126 s).
+# **Takes** 48 s (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01),
+# most of it the trace cell (the decoder stack alone: no LM head is computed).
 #
 # **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16
 # MOELAB_DEVICE=cuda` — see the note in section 4 for what changes.

@@ -28,8 +28,8 @@
 #   traced with each training checkpoint of the embedded model, compared with the final one.
 #
 # **Needs.** The embedded model `moelab-mixtral-tiny` *and its training checkpoints*
-# (`moelab.models.checkpoints()`), the held-out corpus. **Takes** ~1 min on 2 CPU cores
-# (~15 s with `MOELAB_FAST=1`).
+# (`moelab.models.checkpoints()`), the held-out corpus. **Takes** 2¼ min
+# (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01); the predicted-token section runs the LM head, the rest does not.
 #
 # **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16
 # MOELAB_DEVICE=cuda` runs sections 1–5 on Mixtral. Mixtral's training checkpoints are not

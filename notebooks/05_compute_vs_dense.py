@@ -25,7 +25,7 @@
 #
 # **Needs.** Nothing but CPU: the accounting works from configs (no weights); the benchmark
 # builds small random models; the embedded model `moelab-mixtral-tiny` is traced briefly.
-# **Takes** ~1 min on 2 CPU cores (~15 s with `MOELAB_FAST=1`).
+# **Takes** 5 min (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01), nearly all of it the MoE-vs-dense benchmark.
 #
 # **On real Mixtral 8x7B.** The accounting already *is* for Mixtral 8x7B. To measure the
 # distinct experts per batch on the real router set `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1

@@ -25,7 +25,7 @@
 #
 # **Needs.** The embedded model `moelab-mixtral-tiny` (its weights are stored in bf16, so
 # loading them in float32 is exact and bf16 is the precision it was trained in). **Takes**
-# ~20 s on 2 CPU cores: float16 matmuls are slow on CPUs, so this notebook traces a small
+# 1 min (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01): bf16 and float16 matmuls are slow on such CPUs, so this notebook traces a small
 # slice (`MOELAB_DOCS_PER_DOMAIN / 8` documents per domain). `MOELAB_DTYPE` is not used here.
 #
 # **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DEVICE=cuda`.

@@ -25,8 +25,8 @@
 # 3. bf16 with fp32 routing replayed: how much of the bf16-vs-fp32 gap is routing flips;
 # 4. router bias: how far a bias must go to move a domain's traffic, and what it costs.
 #
-# **Needs.** The embedded model (fp32 on CPU). **Takes** about 6 min on 2 CPU cores in full mode
-# (the ablation sweep alone is timed below), < 30 s with `MOELAB_FAST=1`.
+# **Needs.** The embedded model (fp32 on CPU). **Takes** 2½ min in full mode
+# (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01); the ablation sweep alone is timed below.
 #
 # **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DEVICE=cuda` (bf16),
 # with `MOELAB_WINDOWS` windows per domain.

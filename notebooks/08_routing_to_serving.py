@@ -25,7 +25,7 @@
 # router (`mixtral_like_trace`) calibrated to the Mixtral paper's Table 5 repetition rates per layer
 # and a uniform Figure 7 load — a stand-in, not Mixtral. Every plot labels which is which.
 #
-# **Needs.** CPU only. **Takes** ~1 min on 2 cores (~15 s with `MOELAB_FAST=1`).
+# **Needs.** CPU only. **Takes** 2¾ min (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01).
 # Definitions and sources: `docs/serving.md`.
 
 # %% tags=["parameters"]
