@@ -183,14 +183,27 @@ def test_comparison_marks_exactly_the_tokens_whose_expert_sets_differ(open_page)
                    for p in range(a.num_layers))
 
 
+def settled_spans(page, want: set, timeout_s: float = 10.0) -> set:
+    """The rendered token rows once the (asynchronous) re-render after a filter change has run."""
+    import time
+
+    deadline = time.time() + timeout_s
+    got = set(spans(page))
+    while got != want and time.time() < deadline:
+        page.wait_for_timeout(50)
+        got = set(spans(page))
+    return got
+
+
 def test_filters_show_only_the_chosen_domain_and_sequence(open_page):
     tr = routed(domain=np.array(["code", "prose", "math"] * 20))
     page, _ = open_page(show(tr))
     page.locator("select[data-filter='domain']").select_option(label="prose")
-    assert set(spans(page)) == set(np.flatnonzero(tr.columns["domain"] == "prose").tolist())
+    want = set(np.flatnonzero(tr.columns["domain"] == "prose").tolist())
+    assert settled_spans(page, want) == want
     page.locator("select.mx-seq").select_option(label="sequence 2")
-    want = np.flatnonzero((tr.columns["domain"] == "prose") & (tr.sequence == 2))
-    assert set(spans(page)) == set(want.tolist())
+    want = set(np.flatnonzero((tr.columns["domain"] == "prose") & (tr.sequence == 2)).tolist())
+    assert settled_spans(page, want) == want
 
 
 def test_page_makes_no_network_request(open_page):
