@@ -47,3 +47,4 @@ __all__ = [
     "agreement",
     "router_saturation",
 ]
+from .baselines import *  # noqa: F401,F403  load-aware baselines (metrics.margins, metrics.olmoe: import by path)
