@@ -80,3 +80,4 @@ __all__ = [
     "InterventionError",
     "__version__",
 ]
+_LAZY["notebook_params"] = ("moelab.params", "notebook_params")
