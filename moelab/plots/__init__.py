@@ -44,3 +44,4 @@ __all__ = [
     "token_colors_html",
     "token_colors_figure",
 ]
+from . import diagrams, teaching  # noqa: E402,F401  teaching pictures and the notebooks' hand-built figures
