@@ -157,3 +157,9 @@ def test_representative_layers_first_middle_last(n, want):
     assert bl.representative_layers(n) == want
     t = trace_of(np.zeros((1, n, 1), int), E=2, layer_ids=np.arange(n) * 2 + 1)
     assert bl.representative_layers(t) == default_layers(t) == tuple(2 * i + 1 for i in want)
+
+
+def test_max_share_chance_refuses_n_beyond_float_range():
+    assert 0.125 < bl.max_share_chance(600, np.full(8, 1 / 8)) < 0.2
+    with pytest.raises(ValueError, match="n=601"):
+        bl.max_share_chance(601, np.full(8, 1 / 8))

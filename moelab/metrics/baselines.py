@@ -220,7 +220,7 @@ def coactivation_lift(trace: RoutingTrace, *, where=None) -> pd.DataFrame:
 @lru_cache(maxsize=4096)
 def _max_share_cached(n: int, p: tuple) -> float:
     # P(all counts <= m) = n! [x^n] Π_e Σ_{c<=m} (p_e x)^c / c!; with x = n z the coefficients stay
-    # within float range for n up to ~700 (e^n · n!/n^n ~ sqrt(2πn)).
+    # within float range for n up to 600 (e^n · n!/n^n ~ sqrt(2πn)).
     pn = np.asarray(p) * n
     logfact = np.array([lgamma(c + 1) for c in range(n + 1)])
     scale = np.exp(logfact[n] - n * log(n))                                  # n! / n^n
@@ -249,12 +249,14 @@ def max_share_chance(n: int, p) -> float:
 
     The chance level of OLMoE's vocabulary specialization (mean over token ids of
     max_E N(x, E)/N(x)): a token id seen 5 times scores ≈ 0.39 with 8 equal experts, not
-    1/8. Exact, from the multinomial's generating function (n up to ~700).
+    1/8. Exact, from the multinomial's generating function (n up to 600).
     """
     n = int(n)
     p = np.asarray(p, float)
     if n < 1 or p.ndim != 1 or (p < 0).any() or not np.isclose(p.sum(), 1):
         raise ValueError(f"max_share_chance(n={n!r}, p={p!r}): need n >= 1 and p a probability vector")
+    if n > 600:
+        raise ValueError(f"max_share_chance(n={n}): exact only up to n=600 (float range); cap n, e.g. vocab_chance(max_n=200)")
     return _max_share_cached(n, tuple(np.round(p / p.sum(), 12)))
 
 

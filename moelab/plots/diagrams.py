@@ -73,8 +73,9 @@ def moe_block_diagram(num_experts: int = 8, top_k: int = 2, chosen=(1, 6), weigh
         ax.text(4.9, 4.15, f"weights w of the top-{top_k}", fontsize=7, color="#3366AA", ha="center")
         _box(ax, 8.4, 4.6, 0.6, 0.5, "+", "#FFFFFF", fontsize=11)
         _arrow(ax, (8.4, 3.15), (8.4, 4.35))
-        _arrow(ax, (0.3, 0.5), (8.1, 4.6), color="0.55", ls="-")
-        ax.text(3.3, 5.0, "residual: h skips the MoE", fontsize=7, color="0.4", rotation=21)
+        ax.plot([0.3, 0.12, 0.12], [0.5, 0.5, 4.85], color="0.55", lw=1)          # residual path, around the MoE
+        _arrow(ax, (0.12, 4.85), (8.1, 4.65), color="0.55")
+        ax.text(4.2, 4.95, "residual: h skips the MoE and is added back", fontsize=7, color="0.4", ha="center")
         _box(ax, 8.4, 5.7, 1.4, 0.45, "to the next layer")
         _arrow(ax, (8.4, 4.85), (8.4, 5.47))
         ax.text(5.0, 1.3, f"only {top_k} of {num_experts} experts run for this token", ha="center", fontsize=8,
@@ -123,7 +124,7 @@ def capacity_diagram(experts, num_experts: int, capacity_factor: float = 1.0, ti
     T, k = ex.shape
     top = max(C, int(slot.max()) + 1 if slot.size else 0)
     with use_style():
-        fig = Figure(figsize=(1.0 + 0.75 * num_experts, 1.2 + 0.32 * top), layout="constrained")
+        fig = Figure(figsize=(max(4.0, 1.0 + 0.75 * num_experts), 1.2 + 0.32 * top), layout="constrained")
         ax = fig.add_subplot()
         for e in range(num_experts):
             ax.add_patch(Rectangle((e - 0.4, 0), 0.8, C, fill=False, ec="0.2", lw=1.2))
@@ -140,8 +141,8 @@ def capacity_diagram(experts, num_experts: int, capacity_factor: float = 1.0, ti
         ax.set_xticks(range(num_experts), [f"E{e}" for e in range(num_experts)])
         ax.set_yticks([])
         dropped = int((~kept).sum())
-        ax.set_title(title or f"{T} tokens × top-{k} into {num_experts} buffers, cf = {capacity_factor:g}: "
-                              f"{dropped} of {T * k} assignments overflow", fontsize=8)
+        ax.set_title(title or f"{T} tokens × top-{k} into {num_experts} buffers, cf = {capacity_factor:g}:\n"
+                              f"{dropped} of {T * k} assignments overflow (hatched)", fontsize=8)
         fig.dropped = dropped                                   # the plotted numbers, for tests and captions
         fig.capacity = C
     return fig
@@ -211,7 +212,7 @@ def decode_roofline_diagram(config=None, gpu="A100-80GB-SXM", context: int = 0, 
         a1b.plot(df.batch, df.flops / 1e12, marker="s", ms=3, color="#4477AA", label="TFLOPs")
         a1.set_ylabel("GB read per step", color="#AA3377")
         a1b.set_ylabel("TFLOPs per step", color="#4477AA")
-        a1.set_title("One decode step: bytes saturate as all experts are touched; FLOPs grow with B", fontsize=8)
+        a1.set_title("bytes saturate once all experts are read;\nFLOPs grow with B", fontsize=8)
         a2.plot(df.batch, 1e3 * df.t_memory_s, marker="o", ms=3, color="#AA3377", label=f"memory time ({hw.bandwidth_gbs:g} GB/s)")
         a2.plot(df.batch, 1e3 * df.t_compute_s, marker="s", ms=3, color="#4477AA", label=f"compute time ({hw.peak_tflops:g} TFLOP/s)")
         a2.axvline(B_star, color="0.3", ls="--", lw=1)

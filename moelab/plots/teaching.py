@@ -125,11 +125,12 @@ def toy_load_heatmaps(runs: dict, title: str = "Per-layer expert load over train
         fig = Figure(figsize=(2.2 * L + 1.0, 1.7 * len(modes) + 0.6), layout="constrained")
         axes = np.atleast_2d(fig.subplots(len(modes), L, squeeze=False))
         im = None
+        vmax = max(2.0 / E, max(float(r.loads.max()) for r in runs.values()))
         for r, mode in enumerate(modes):
             run = runs[mode]
             for l in range(L):
                 ax = axes[r, l]
-                im = ax.imshow(run.loads[:, l, :].T, aspect="auto", cmap="cividis", vmin=0, vmax=1,
+                im = ax.imshow(run.loads[:, l, :].T, aspect="auto", cmap="cividis", vmin=0, vmax=vmax,
                                interpolation="nearest", origin="lower")
                 ax.set_yticks(range(E))
                 if r == 0:
