@@ -217,28 +217,29 @@ def coactivation_lift(trace: RoutingTrace, *, where=None) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ max share chance
-@lru_cache(maxsize=4096)
-def _max_share_cached(n: int, p: tuple) -> float:
-    # P(all counts <= m) = n! [x^n] Π_e Σ_{c<=m} (p_e x)^c / c!; with x = n z the coefficients stay
-    # within float range for n up to 600 (e^n · n!/n^n ~ sqrt(2πn)).
-    pn = np.asarray(p) * n
-    logfact = np.array([lgamma(c + 1) for c in range(n + 1)])
-    scale = np.exp(logfact[n] - n * log(n))                                  # n! / n^n
-    c = np.arange(n + 1)
-    terms = [np.exp(c * log(q) - logfact) if q > 0 else (c == 0) * 1.0 for q in pn]   # (p_e n)^c / c!
-    m = -(-n // len(pn)) - 1                                                 # below this max, P(max <= m) = 0
-    expected = float(max(m, 0))
-    m = max(m, 0)
-    while m < n:                                                             # E[max] = Σ_m P(max > m)
+@lru_cache(maxsize=256)
+def _max_share_table(N: int, p: tuple) -> np.ndarray:
+    """E[max_e c_e] / n for every n = 1..N at once, (N,).
+
+    P(all counts <= m | n) = n! [x^n] Π_e Σ_{c<=m} (p_e x)^c / c!. One polynomial product per m
+    gives it for every n; with x = N z the coefficients stay in float range for N up to 600.
+    """
+    logfact = np.array([lgamma(c + 1) for c in range(N + 1)])
+    c = np.arange(N + 1)
+    terms = [np.exp(c * log(q * N) - logfact) if q > 0 else (c == 0) * 1.0 for q in p]   # (p_e N)^c / c!
+    scale = np.exp(logfact - c * log(N))                                     # n! / N^n
+    n = np.arange(1, N + 1)
+    expected = np.zeros(N)                                                   # Σ_m P(max > m | n)
+    for m in range(N):
         poly = np.ones(1)
         for t in terms:
-            poly = np.convolve(poly, t[: m + 1])[: n + 1]
-        cdf = scale * poly[n] if len(poly) > n else 0.0
-        expected += 1.0 - cdf
-        if cdf > 1 - 1e-13:
+            poly = np.convolve(poly, t[: m + 1])[: N + 1]
+        cdf = np.zeros(N + 1)
+        cdf[: len(poly)] = scale[: len(poly)] * poly
+        expected += np.where(m < n, 1.0 - np.minimum(cdf[1:], 1.0), 0.0)
+        if (cdf[1:] > 1 - 1e-13).all():
             break
-        m += 1
-    return float(expected / n)
+    return expected / n
 
 
 def max_share_chance(n: int, p) -> float:
@@ -257,7 +258,7 @@ def max_share_chance(n: int, p) -> float:
         raise ValueError(f"max_share_chance(n={n!r}, p={p!r}): need n >= 1 and p a probability vector")
     if n > 600:
         raise ValueError(f"max_share_chance(n={n}): exact only up to n=600 (float range); cap n, e.g. vocab_chance(max_n=200)")
-    return _max_share_cached(n, tuple(np.round(p / p.sum(), 12)))
+    return float(_max_share_table(n, tuple(np.round(p / p.sum(), 12)))[n - 1])
 
 
 def vocab_chance(trace: RoutingTrace, by: str = "token_id", *, min_count: int = 5, max_n: int = 200,
@@ -277,11 +278,13 @@ def vocab_chance(trace: RoutingTrace, by: str = "token_id", *, min_count: int = 
     _, n = np.unique(ids[ok], return_counts=True)
     n = np.minimum(n[n >= min_count], max_n)
     loads = assignment_counts(trace, np.zeros(trace.num_tokens, np.int64), 1, 1)[0]   # (L, E) first choices
+    if int(max_n) > 600:
+        raise ValueError(f"max_n={max_n} must be at most 600 (max_share_chance's float range)")
     vals = []
     for load in loads:
         p = load / load.sum()
-        u, w = np.unique(n, return_counts=True)
-        vals.append(sum(max_share_chance(int(x), p) * c for x, c in zip(u, w)) / max(w.sum(), 1))
+        table = _max_share_table(int(max(n.max(), 1)) if len(n) else 1, tuple(np.round(p, 12)))   # every n at once
+        vals.append(float(table[n - 1].mean()) if len(n) else np.nan)
     return pd.Series(vals, index=pd.Index(trace.layer_ids, name="layer"), name="chance")
 
 
