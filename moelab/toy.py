@@ -47,7 +47,7 @@ class ToyConfig:
     hidden: int = 32              # each expert's MLP width
     clusters: int = 8             # classes of the task: which Gaussian cluster a token comes from
     noise: float = 1.0            # within-cluster standard deviation (cluster centres have norm ~ 4)
-    steps: int = 150
+    steps: int = 100
     batch: int = 256
     lr: float = 1e-2
     coef: float = 0.1             # weight of the balance loss
