@@ -160,6 +160,6 @@ def test_representative_layers_first_middle_last(n, want):
 
 
 def test_max_share_chance_refuses_n_beyond_float_range():
-    assert 0.125 < bl.max_share_chance(600, np.full(8, 1 / 8)) < 0.2
+    assert 0.125 < bl.max_share_chance(300, np.full(8, 1 / 8)) < 0.2
     with pytest.raises(ValueError, match="n=601"):
         bl.max_share_chance(601, np.full(8, 1 / 8))

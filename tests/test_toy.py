@@ -7,7 +7,7 @@ from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_fun
 
 from moelab.toy import ToyConfig, collapse_lesson, per_layer_balance_loss, pooled_balance_loss, switch_loss, train_toy
 
-FAST = ToyConfig(steps=60, batch=128)
+FAST = ToyConfig(steps=30, batch=64)
 
 
 @pytest.fixture(scope="module")
