@@ -10,7 +10,7 @@ from moelab.serving import predict_from_previous_layer, predict_previous_token, 
 def brute_force(ex, C, policy, pred=None):
     """Token by token with Python sets and dicts: the specification of every policy."""
     T, L, _ = ex.shape
-    hits, pre_loads = np.zeros(L, int), np.zeros(L, int)
+    hits, pre_loads = np.zeros((T, L), int), np.zeros(L, int)
     for l in range(L):
         cache, last, cnt = set(), {}, {}
         for t in range(T):
@@ -23,7 +23,7 @@ def brute_force(ex, C, policy, pred=None):
                         cache.add(e)
                 while len(cache) > C:
                     cache.remove(min((e for e in cache if e not in P), key=lambda e: (last.get(e, -1), e)))
-            hits[l] += sum(e in cache for e in S)
+            hits[t, l] = sum(e in cache for e in S)
             cache |= set(S)
             for e in S:
                 last[e], cnt[e] = t, cnt.get(e, 0) + 1
@@ -37,7 +37,7 @@ def brute_force(ex, C, policy, pred=None):
                     nxt = lambda e: next((u for u in range(t + 1, T) if e in ex[u, l]), T)  # noqa: E731
                     v = min(cand, key=lambda e: (-nxt(e), e))
                 cache.remove(v)
-    return hits, pre_loads
+    return hits, pre_loads  # per-token hits (T, L), prefetch loads (L,)
 
 
 def random_trace(rng, T, L, E, k, sticky):
@@ -64,30 +64,68 @@ def test_cycle_through_c_plus_one_experts_gives_lru_zero_hits():
             assert simulate_cache(ex, C, "belady", num_experts=8).hit_rate[0] == pytest.approx((C - 1) / C, abs=0.03)
 
 
+def adversarial_traces(E, k):
+    """Traces that defeat warm-ups and chunking: long runs, late first uses, cycles, a hot expert."""
+    t = np.arange(150)[:, None]
+    runs = np.concatenate([np.tile(np.arange(k), (90, 1)), np.tile(np.arange(E - k, E), (70, 1))])
+    late = np.concatenate([np.tile(np.arange(k), (120, 1)), (np.arange(k) + np.arange(40)[:, None]) % E])
+    cyc = (np.arange(k) + t * k) % min(E, 2 * k + 1)
+    hot = np.where(t % 17 == 0, (np.arange(k) + t) % E, (np.arange(k) + t % 2) % E)
+    return [np.stack([x, x[::-1]], 1) for x in (runs, late, cyc, hot)]  # (T, 2 layers, k)
+
+
 @pytest.mark.parametrize("policy", ["lru", "lfu", "belady", "prefetch"])
-def test_every_policy_equals_the_brute_force_simulator(policy):
+def test_every_policy_equals_the_brute_force_simulator_token_by_token(policy):
     rng = np.random.default_rng({"lru": 1, "lfu": 2, "belady": 3, "prefetch": 4}[policy])
-    for _ in range(12):
+    cases = []
+    for _ in range(10):
         E = int(rng.integers(2, 9))
         k = int(rng.integers(1, min(3, E) + 1))
-        ex = random_trace(rng, int(rng.integers(1, 150)), 2, E, k, sticky=rng.random())
+        cases.append((random_trace(rng, int(rng.integers(1, 150)), 2, E, k, sticky=rng.random()), E, k))
+    cases += [(x, 8, 2) for x in adversarial_traces(8, 2)] + [(x, 5, 1) for x in adversarial_traces(5, 1)]
+    for ex, E, k in cases:
         C = int(rng.integers(k, E + 1))
         pred = predict_from_previous_layer(ex, num_experts=E) if policy == "prefetch" else None
-        r = simulate_cache(ex, C, policy, num_experts=E, predicted=pred,
+        r = simulate_cache(ex, C, policy, num_experts=E, predicted=pred, keep_per_token=True,
                            chunk=int(rng.integers(1, 30)), warmup=int(rng.integers(0, 8)))  # small chunks: repairs run
         h, pl = brute_force(ex, C, policy, pred)
-        assert r.hits.tolist() == h.tolist() and r.prefetch_loads.tolist() == pl.tolist(), (E, k, C)
+        assert r.per_token_hits.tolist() == h.tolist() and r.prefetch_loads.tolist() == pl.tolist(), (E, k, C)
 
 
-def test_lru_closed_form_equals_the_simulator():
+@pytest.mark.parametrize("E", [12, 40, 64])
+def test_wide_expert_masks_equal_the_brute_force_simulator(E):
+    rng = np.random.default_rng(E)
+    ex = random_trace(rng, 120, 2, E, 3, sticky=0.3)
+    for policy in ("lru", "lfu", "belady"):
+        C = int(rng.integers(3, E + 1))
+        r = simulate_cache(ex, C, policy, num_experts=E, chunk=16, warmup=4)
+        assert r.hits.tolist() == brute_force(ex, C, policy)[0].sum(0).tolist(), (policy, C)
+
+
+def test_results_do_not_depend_on_the_chunking():
+    ex = random_trace(np.random.default_rng(11), 3000, 3, 8, 2, sticky=0.4)
+    for policy in ("lfu", "belady", "prefetch"):
+        ref = simulate_cache(ex, 3, policy, num_experts=8, chunk=3000, keep_per_token=True).per_token_hits
+        for chunk, warmup in ((7, 0), (64, 16), (500, 3)):
+            got = simulate_cache(ex, 3, policy, num_experts=8, chunk=chunk, warmup=warmup, keep_per_token=True)
+            assert (got.per_token_hits == ref).all(), (policy, chunk, warmup)
+
+
+def test_lru_keeps_exactly_the_c_most_recently_used_experts():
+    """Closed form: with set requests and C >= k, the LRU cache after token t is the C experts with the
+    latest last use (ties: higher id), so a request hits iff its expert is among them at t - 1."""
     rng = np.random.default_rng(9)
     for _ in range(10):
-        E = int(rng.integers(2, 9)); k = int(rng.integers(1, min(3, E) + 1))
-        ex = random_trace(rng, 400, 2, E, k, sticky=rng.random())
+        E = int(rng.integers(2, 9))
+        k = int(rng.integers(1, min(3, E) + 1))
+        ex = random_trace(rng, 400, 1, E, k, sticky=rng.random())
         C = int(rng.integers(k, E + 1))
-        a = simulate_cache(ex, C, "lru", num_experts=E)
-        b = simulate_cache(ex, C, "lru", num_experts=E, method="chunked", chunk=37, warmup=5)
-        assert a.hits.tolist() == b.hits.tolist()
+        last, hits = {}, 0
+        for t in range(len(ex)):
+            recent = sorted(last, key=lambda e: (last[e], e))[-C:]
+            hits += sum(int(e) in recent for e in ex[t, 0])
+            last.update({int(e): t for e in ex[t, 0]})
+        assert simulate_cache(ex, C, "lru", num_experts=E).hits.tolist() == [hits]
 
 
 def test_belady_is_at_least_every_other_policy_on_every_input():
@@ -102,6 +140,10 @@ def test_belady_is_at_least_every_other_policy_on_every_input():
                 assert (best.hits >= simulate_cache(ex, C, pol, num_experts=E).hits).all()
             pf = simulate_cache(ex, C, "prefetch", num_experts=E, predicted=predict_from_previous_layer(ex, num_experts=E))
             assert (best.misses <= pf.loads).all()  # prefetching can raise hits, never beat MIN's copies
+    for ex in adversarial_traces(8, 2):
+        for C in (2, 3, 5):
+            best = simulate_cache(ex, C, "belady", num_experts=8).hits
+            assert all((best >= simulate_cache(ex, C, p, num_experts=8).hits).all() for p in ("lru", "lfu"))
 
 
 def test_prefetching_the_previous_tokens_experts_is_exactly_lru():
@@ -133,6 +175,10 @@ def test_cache_size_outside_k_to_e_is_refused_with_the_value():
         simulate_cache(ex, 9, "lru", num_experts=8)
     with pytest.raises(ValueError, match="policy='fifo'"):
         simulate_cache(ex, 2, "fifo", num_experts=8)
+    with pytest.raises(ValueError, match="num_experts=65"):
+        simulate_cache(np.zeros((4, 1, 1), int), 2, "lru", num_experts=65)
+    with pytest.raises(ValueError, match=r"shape \(4, 1\)"):
+        simulate_cache(ex, 2, "prefetch", num_experts=8, predicted=np.zeros((4, 1)))
 
 
 def test_a_simulation_needing_sequences_refuses_a_bare_array():

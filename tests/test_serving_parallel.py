@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from moelab.serving import (balanced_placement, contiguous_placement, dispatch_bytes_per_token, eplb_weight,
-                            expert_load, gpu_loads, imbalance, imbalance_over_windows)
+                            expert_load, gpu_loads, imbalance, imbalance_over_windows, window_loads)
 
 
 def test_expert_load_counts_every_choice_per_layer():
@@ -53,3 +53,66 @@ def test_bad_device_counts_are_refused_with_the_value():
     for G in (0, -2, 3):
         with pytest.raises(ValueError, match=f"G={G}"):
             imbalance(np.ones((1, 8)), contiguous_placement(8, 4), G) if G != 3 else contiguous_placement(8, G)
+
+
+def loop_placement(load, G, num_slots):
+    """Reference EPLB-style placement, one layer at a time with Python lists."""
+    out = []
+    for w in np.asarray(load, float):
+        E = len(w)
+        reps = np.ones(E, int)
+        for _ in range(num_slots - E):
+            reps[np.argmax(w / reps)] += 1
+        items = np.repeat(np.arange(E), reps)
+        share = (w / reps)[items]
+        per, gl, fill, slots = num_slots // G, np.zeros(G), np.zeros(G, int), [[] for _ in range(G)]
+        for i in np.argsort(-share, kind="stable"):
+            d = int(np.argmin(np.where(fill < per, gl, np.inf)))
+            slots[d].append(items[i]); gl[d] += share[i]; fill[d] += 1
+        out.append(np.concatenate([sorted(s) for s in slots]))
+    return np.array(out)
+
+
+def test_vectorised_placement_equals_the_per_layer_loop():
+    rng = np.random.default_rng(3)
+    load = rng.dirichlet(np.ones(8) * 0.5, size=40) * 1000
+    for G, slots in ((2, 8), (4, 12), (4, 16), (8, 8)):
+        assert (balanced_placement(load, G, slots) == loop_placement(load, G, slots)).all()
+
+
+def test_window_loads_sum_to_the_loads_of_each_slice():
+    ex = np.random.default_rng(4).integers(0, 8, (1000, 3, 2))
+    wl = window_loads(ex, 300, 8)
+    assert wl.shape == (4, 3, 8)
+    for i in range(4):
+        assert (wl[i] == expert_load(ex[i * 300:(i + 1) * 300], 8)).all()
+    with pytest.raises(ValueError, match="window=0"):
+        window_loads(ex, 0, 8)
+
+
+def test_windows_refit_on_the_previous_window_use_its_placement():
+    rng = np.random.default_rng(5)
+    ex = rng.integers(0, 8, (900, 2, 2))
+    df = imbalance_over_windows(ex, 4, 300, num_experts=8, num_slots=12)
+    wl = window_loads(ex, 300, 8)
+    assert df.balanced_previous[:2].tolist() == df.contiguous[:2].tolist()  # first window: contiguous
+    expect = imbalance(wl[2], balanced_placement(wl[1], 4, 12), 4)
+    assert df[df.window == 2].balanced_previous.to_numpy() == pytest.approx(expect)
+
+
+def test_dispatch_bytes_equal_a_token_by_token_count_with_replicas():
+    rng = np.random.default_rng(6)
+    ex = np.stack([rng.choice(8, 2, replace=False, p=[.4, .2, .1, .1, .05, .05, .05, .05]) for _ in range(500)])[:, None]
+    G, H, b = 4, 8, 2.0
+    P = balanced_placement(expert_load(ex, 8), G, 12)
+    per = 12 // G
+    total = 0
+    for t in range(len(ex)):
+        home = t % G
+        gpus = set()
+        for e in ex[t, 0]:
+            reps = [s // per for s in range(12) if P[0, s] == e]
+            gpus.add(home if home in reps else reps[t % len(reps)])
+        total += len(gpus - {home})
+    got = dispatch_bytes_per_token(ex, P, G, H, b, num_experts=8)[0]
+    assert got == pytest.approx(total / len(ex) * 2 * H * b)

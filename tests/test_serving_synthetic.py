@@ -41,3 +41,28 @@ def test_load_is_near_uniform_as_in_figure7():
     ld = expert_load(tr)
     assert (ld.max(1) / ld.mean(1)).max() < 1.05
     assert tr.experts.shape == (60_000, 32, 2) and (tr.experts[..., 0] != tr.experts[..., 1]).all()
+
+
+@pytest.mark.parametrize("E", [4, 8, 16])
+def test_every_move_maps_the_uniform_pair_distribution_to_itself(E):
+    from moelab.serving.synthetic import _transition_table
+
+    tab, off, _ = _transition_table(E)
+    valid = np.array([f * E + s for f in range(E) for s in range(E) if f != s])
+    for m in range(4):  # copy, shift, fresh, disjoint: counts over (uniform state, uniform outcome)
+        nxt = tab[valid][:, off[m]:off[m + 1]].reshape(-1)
+        counts = np.bincount(nxt, minlength=E * E)[valid]
+        assert counts.min() == counts.max() and set(np.unique(nxt)) <= set(valid)
+
+
+def test_copy_only_routing_repeats_each_sequences_first_pair():
+    tr = mixtral_like_trace(300, layers=2, seq_len=100, first=1.0, any_=1.0, seed=1)
+    ex = tr.experts.reshape(3, 100, 2, 2)
+    assert (ex == ex[:, :1]).all()
+
+
+def test_bad_sizes_are_refused_with_the_value():
+    with pytest.raises(ValueError, match="num_experts=20"):
+        mixtral_like_trace(100, num_experts=20)
+    with pytest.raises(ValueError, match="tokens=0"):
+        mixtral_like_trace(0)

@@ -52,57 +52,68 @@ def expert_load(x, num_experts=None, *, where=None) -> np.ndarray:
     ex, E, _ = as_experts(x, num_experts)
     if where is not None:
         ex = ex[where]
+    return np.stack([np.bincount(ex[:, l].reshape(-1), minlength=E) for l in range(ex.shape[1])]).astype(np.int64)
+
+
+def window_loads(x, window: int, num_experts=None) -> np.ndarray:
+    """(windows, layers, experts) int64 loads of consecutive windows of `window` tokens (the last may be short)."""
+    ex, E, _ = as_experts(x, num_experts)
     T, L, k = ex.shape
-    flat = (np.arange(L)[None, :, None] * E + ex.astype(np.int64)).reshape(-1)
-    return np.bincount(flat, minlength=L * E).reshape(L, E)
+    w = int(window) if np.ndim(window) == 0 and window == int(window) else 0
+    if w <= 0:
+        raise ValueError(f"window={window!r} must be a positive number of tokens")
+    nW = -(-T // w)
+    win = (np.arange(T, dtype=np.int64) // w * E)[:, None]
+    out = np.stack([np.bincount((win + ex[:, l]).reshape(-1), minlength=nW * E) for l in range(L)])
+    return out.reshape(L, nW, E).transpose(1, 0, 2).astype(np.int64)
 
 
 def eplb_weight(x, num_experts=None) -> np.ndarray:
-    """The per-layer load as DeepSeek EPLB's `rebalance_experts(weight, ...)` takes it: float (layers, experts)."""
+    """The per-layer load as DeepSeek EPLB's `rebalance_experts(weight, ...)` takes it: float (layers, experts).
+
+    EPLB's `weight` is a `[layers, num_logical_experts]` tensor of load statistics; pass
+    `torch.from_numpy(eplb_weight(trace))`."""
     return expert_load(x, num_experts).astype(np.float64)
 
 
 def contiguous_placement(num_experts: int, G: int, layers: int = 1) -> np.ndarray:
     """(layers, E) slots -> expert: GPU g holds experts [g E/G, (g+1) E/G)."""
-    g = _check_g(G, num_experts)
-    del g
+    _check_g(G, num_experts)
     return np.tile(np.arange(num_experts), (layers, 1))
 
 
 def balanced_placement(load, G: int, num_slots: int | None = None) -> np.ndarray:
     """EPLB-style placement with redundant experts: (layers, num_slots) slot -> expert.
 
-    load: (layers, E) (e.g. `eplb_weight(trace)`); num_slots: total physical slots (>= E, a
-    multiple of G; default E, i.e. no redundancy, only re-packing)."""
+    load: (layers, E) (e.g. `eplb_weight(trace)`), or any (rows, E); num_slots: total physical
+    slots (>= E, a multiple of G; default E, i.e. no redundancy, only re-packing). Vectorised over
+    rows: one numpy step per redundant replica and per slot."""
     w = np.asarray(load, dtype=np.float64)
     if w.ndim == 1:
         w = w[None]
-    L, E = w.shape
+    n, E = w.shape
     R = E if num_slots is None else int(num_slots)
     if R < E:
         raise ValueError(f"num_slots={num_slots!r} must be >= the {E} experts (each needs one slot)")
     g = _check_g(G, R)
     per = R // g
-    out = np.empty((L, R), np.int64)
-    for l in range(L):
-        reps = np.ones(E, np.int64)
-        for _ in range(R - E):  # one replica at a time to the heaviest per-replica expert
-            reps[np.argmax(w[l] / reps)] += 1
-        items = np.repeat(np.arange(E), reps)  # replicas
-        share = (w[l] / reps)[items]
-        order = np.argsort(-share, kind="stable")
-        gpu_load = np.zeros(g)
-        gpu_fill = np.zeros(g, np.int64)
-        slots = [[] for _ in range(g)]
-        for i in order:  # heaviest first onto the least-loaded GPU with a free slot
-            open_ = gpu_fill < per
-            cand = np.where(open_, gpu_load, np.inf)
-            d = int(np.argmin(cand))
-            slots[d].append(items[i])
-            gpu_load[d] += share[i]
-            gpu_fill[d] += 1
-        out[l] = np.concatenate([np.sort(s) for s in slots])
-    return out
+    ar = np.arange(n)
+    reps = np.ones((n, E), np.int64)
+    for _ in range(R - E):  # one replica at a time to the heaviest per-replica expert
+        reps[ar, np.argmax(w / reps, axis=1)] += 1
+    items = (np.cumsum(reps, 1)[:, :, None] <= np.arange(R)[None, None, :]).sum(1)  # (n, R) replica -> expert
+    share = np.take_along_axis(w / reps, items, axis=1)
+    order = np.argsort(-share, axis=1, kind="stable")
+    gpu_load = np.zeros((n, g))
+    fill = np.zeros((n, g), np.int64)
+    gpu_of = np.empty((n, R), np.int64)
+    for i in range(R):  # heaviest first onto the least-loaded GPU with a free slot
+        it = order[:, i]
+        d = np.argmin(np.where(fill < per, gpu_load, np.inf), axis=1)
+        gpu_of[ar, it] = d
+        gpu_load[ar, d] += share[ar, it]
+        fill[ar, d] += 1
+    return np.sort(gpu_of * E + items, axis=1) % E  # slots in GPU order, experts sorted within a GPU
 
 
 def gpu_loads(load, placement, G: int) -> np.ndarray:
@@ -113,7 +124,7 @@ def gpu_loads(load, placement, G: int) -> np.ndarray:
     P = np.broadcast_to(P, (w.shape[0], P.shape[-1])) if P.ndim == 1 or P.shape[0] == 1 else P
     L, R = P.shape
     g = _check_g(G, R)
-    reps = np.stack([np.bincount(P[l], minlength=w.shape[1]) for l in range(L)])  # (L, E)
+    reps = (P[:, :, None] == np.arange(w.shape[1])).sum(1)  # (L, E)
     if (reps == 0).any():
         l, e = np.argwhere(reps == 0)[0]
         raise ValueError(f"placement leaves expert {e} of layer {l} on no GPU; every expert needs a slot")
@@ -137,52 +148,63 @@ def imbalance_over_windows(x, G: int, window: int, *, num_experts=None, num_slot
     import pandas as pd
 
     ex, E, _ = as_experts(x, num_experts)
-    T, L, _ = ex.shape
-    w = int(window)
-    if w <= 0:
-        raise ValueError(f"window={window!r} must be a positive number of tokens")
     g = _check_g(G)
-    cont = contiguous_placement(E, g, L)
-    glob = balanced_placement(expert_load(ex, E), g, num_slots)
-    rows, prev = [], None
-    for i, s in enumerate(range(0, T, w)):
-        ld = expert_load(ex[s:s + w], E)
-        pl_prev = balanced_placement(prev, g, num_slots) if prev is not None else None
-        a, b = imbalance(ld, cont, g), imbalance(ld, glob, g)
-        c = imbalance(ld, pl_prev, g) if pl_prev is not None else a
-        for l in range(L):
-            rows.append(dict(window=i, layer=l, contiguous=a[l], balanced_global=b[l], balanced_previous=c[l]))
-        prev = ld
-    return pd.DataFrame(rows)
+    wl = window_loads(ex, window, E)  # (nW, L, E)
+    nW, L, _ = wl.shape
+    flat = wl.reshape(nW * L, E)
+    a = imbalance(flat, contiguous_placement(E, g, 1), g)
+    glob = balanced_placement(wl.sum(0), g, num_slots)  # (L, R)
+    b = imbalance(flat, np.tile(glob, (nW, 1)), g)
+    c = a.copy()
+    if nW > 1:
+        c[L:] = imbalance(flat[L:], balanced_placement(flat[:-L], g, num_slots), g)
+    return pd.DataFrame({"window": np.repeat(np.arange(nW), L), "layer": np.tile(np.arange(L), nW),
+                         "contiguous": a, "balanced_global": b, "balanced_previous": c})
+
+
+def _remote_gpus(P_l, g, E, masks, residue):
+    """Remote GPUs per (token mask, t mod Q) for one layer's placement P_l: (n,) int."""
+    R = len(P_l)
+    slot_gpu = np.arange(R) // (R // g)
+    on = np.zeros((E, g), bool)
+    on[P_l, slot_gpu] = True
+    nrep = np.bincount(P_l, minlength=E)
+    table = np.zeros((E, int(nrep.max())), np.int64)
+    for e in range(E):
+        table[e, :nrep[e]] = slot_gpu[P_l == e]
+    home = residue % g
+    acc = np.zeros(len(masks), np.int64)
+    for e in range(E):
+        has = (masks >> np.uint64(e)) & np.uint64(1)
+        dest = np.where(on[e, home], home, table[e, residue % nrep[e]])  # own GPU's replica, else round robin
+        acc |= np.where(has.astype(bool), np.int64(1) << dest, 0)
+    return np.bitwise_count(acc & ~(np.int64(1) << home)).astype(np.int64)
 
 
 def dispatch_bytes_per_token(x, placement, G: int, hidden: int, bytes_per_element: float = 2.0, *,
                              num_experts=None) -> np.ndarray:
-    """(layers,) mean all-to-all bytes per token (dispatch + combine), see the module docstring."""
+    """(layers,) mean all-to-all bytes per token (dispatch + combine), see the module docstring.
+
+    Which GPUs a token reaches depends only on its expert set and t mod Q (Q = lcm of G and the
+    replica counts), so each layer is a histogram over (t mod Q, set) pairs (E <= 16)."""
+    from .engine import to_masks
+
     ex, E, _ = as_experts(x, num_experts)
     T, L, k = ex.shape
     P = np.asarray(placement)
     P = np.broadcast_to(P, (L, P.shape[-1])) if P.ndim == 1 or P.shape[0] == 1 else P
-    R = P.shape[1]
-    g = _check_g(G, R)
-    per = R // g
-    home = np.arange(T) % g  # (T,)
+    g = _check_g(G, P.shape[1])
+    if E > 16:
+        raise ValueError(f"dispatch_bytes_per_token supports num_experts <= 16 (histogram over expert sets); got {E}")
+    masks = to_masks(ex, E)  # (T, L)
     out = np.zeros(L)
     for l in range(L):
-        slot_gpu = np.arange(R) // per
-        on = np.zeros((E, g), bool)  # expert e has a replica on gpu d
-        on[P[l], slot_gpu] = True
-        gpus_of = [slot_gpu[P[l] == e] for e in range(E)]
-        nrep = np.array([len(v) for v in gpus_of])
-        table = np.full((E, int(nrep.max())), -1)
-        for e, v in enumerate(gpus_of):
-            table[e, :len(v)] = v
-        e_l = ex[:, l].astype(np.int64)  # (T, k)
-        local = on[e_l, home[:, None]]  # (T, k)
-        pick = table[e_l, (np.arange(T)[:, None] % nrep[e_l])]  # round-robin replica
-        dest = np.where(local, home[:, None], pick)  # (T, k)
-        remote = np.zeros((T, g), bool)
-        remote[np.arange(T)[:, None], dest] = True
-        remote[np.arange(T), home] = False
-        out[l] = remote.sum(1).mean() * 2 * hidden * bytes_per_element
+        if np.bincount(P[l], minlength=E).min() == 0:
+            e = int(np.argmin(np.bincount(P[l], minlength=E)))
+            raise ValueError(f"placement leaves expert {e} of layer {l} on no GPU; every expert needs a slot")
+        Q = int(np.lcm.reduce(np.r_[g, np.bincount(P[l], minlength=E)]))
+        cnt = np.bincount((np.arange(T) % Q) * (1 << E) + masks[:, l], minlength=Q << E)
+        nz = np.nonzero(cnt)[0]
+        remote = _remote_gpus(P[l], g, E, (nz % (1 << E)).astype(np.uint64), nz >> E)
+        out[l] = (cnt[nz] * remote).sum() / max(T, 1) * 2 * hidden * bytes_per_element
     return out

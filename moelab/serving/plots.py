@@ -64,13 +64,18 @@ def offload_speed_plot(df, *, title=None) -> Figure:
 
 @styled
 def imbalance_plot(windows, *, title=None) -> Figure:
-    """windows: `imbalance_over_windows(...)` rows with a `trace` column; mean over layers per window."""
+    """windows: `imbalance_over_windows(...)` rows with a `trace` column (mean over layers per window), or
+    per-window rows already averaged, with columns `<placement>_mean_over_layers`."""
     traces = list(dict.fromkeys(windows["trace"]))
     fig, axes = _panels(len(traces))
     labels = {"contiguous": "contiguous", "balanced_previous": "EPLB, refit every window",
               "balanced_global": "EPLB, fit on whole trace"}
     for ax, tr in zip(axes, traces):
-        m = windows[windows.trace == tr].groupby("window")[list(labels)].mean()
+        d = windows[windows.trace == tr]
+        if "contiguous_mean_over_layers" in d:
+            m = d.set_index("window")[[f"{c}_mean_over_layers" for c in labels]].set_axis(list(labels), axis=1)
+        else:
+            m = d.groupby("window")[list(labels)].mean()
         for col, lab in labels.items():
             ax.plot(m.index, m[col], label=lab, lw=1)
         ax.axhline(1, color="0.6", lw=0.8)

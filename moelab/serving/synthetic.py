@@ -81,60 +81,71 @@ def move_probabilities(first, any_, E: int = 8) -> np.ndarray:
     return np.clip(p, 0, 1)
 
 
-def _skip(u, excluded):
-    """Map u in [0, E - len(excluded)) to the u-th value not in `excluded` (sorted per row)."""
-    x = u.copy()
-    for v in np.sort(np.stack(excluded), axis=0):
-        x += (x >= v).astype(x.dtype)
-    return x
+def _transition_table(E: int):
+    """(E*E, O) uint: next state f*E + s from state f'*E + s' and outcome o, with O outcomes laid out as
+    [copy | shift: E-1 | fresh: E(E-1) | disjoint: (E-2)(E-3)]; returns the table and the move offsets."""
+    sizes = np.array([1, E - 1, E * (E - 1), (E - 2) * (E - 3)])
+    off = np.concatenate([[0], np.cumsum(sizes)])
+    dt = np.uint8 if E * E <= 256 else np.uint16
+    tab = np.zeros((E * E, off[-1]), dt)
+    p = np.arange(E * (E - 1))
+    f2 = p // (E - 1)
+    fresh = f2 * E + (p % (E - 1)) + (p % (E - 1) >= f2)
+    for f in range(E):
+        for s in range(E):
+            if f == s:
+                continue
+            rest = [e for e in range(E) if e not in (f, s)]
+            z = [e for e in range(E) if e != s]
+            row = tab[f * E + s]
+            row[0] = f * E + s
+            row[off[1]:off[2]] = [s * E + e for e in z]
+            row[off[2]:off[3]] = fresh
+            row[off[3]:off[4]] = [a * E + b for a in rest for b in rest if b != a]
+    return tab, off, sizes
 
 
 def mixtral_like_trace(tokens: int = 100_000, layers: int = 32, seq_len: int = 1024, *, num_experts: int = 8,
                        first=None, any_=None, seed: int = 0):
     """A RoutingTrace of `tokens` tokens in sequences of `seq_len`, top-2 of `num_experts`, calibrated to
-    per-layer repeat rates (default: `table5_targets(layers)`). Weights are not modelled (None)."""
+    per-layer repeat rates (default: `table5_targets(layers)`). Weights are not modelled (None).
+
+    All random draws are made at once: per token and layer a move (against the layer's cumulative
+    move probabilities) and a uniform integer choosing its outcome; a precomputed transition table
+    then advances every sequence and layer together, one numpy gather per position."""
     from ..routing_trace import RoutingTrace
 
     E, T, L = int(num_experts), int(tokens), int(layers)
-    if T <= 0 or L <= 0 or seq_len <= 0 or E < 4:
-        raise ValueError(f"need tokens, layers, seq_len > 0 and num_experts >= 4; got {tokens}, {layers}, {seq_len}, {E}")
+    if T <= 0 or L <= 0 or int(seq_len) <= 0 or not 4 <= E <= 16:
+        raise ValueError(f"need tokens, layers, seq_len > 0 and 4 <= num_experts <= 16; got tokens={tokens!r}, "
+                         f"layers={layers!r}, seq_len={seq_len!r}, num_experts={num_experts!r}")
     if first is None or any_ is None:
         f0, a0 = table5_targets(L)
         first = f0 if first is None else first
         any_ = a0 if any_ is None else any_
     cum = np.cumsum(move_probabilities(np.broadcast_to(first, (L,)), np.broadcast_to(any_, (L,)), E), -1)  # (L, 4)
+    tab, off, sizes = _transition_table(E)
+    O = tab.shape[1]
+    M = int(np.lcm.reduce(sizes[1:]))  # one draw mod each move's outcome count stays exactly uniform
     rng = np.random.default_rng(seed)
-    S = -(-T // seq_len)
-    out = np.empty((seq_len, S, L, 2), np.uint8)
-    f = rng.integers(0, E, (S, L)).astype(np.uint8)
-    s = _skip(rng.integers(0, E - 1, (S, L)).astype(np.uint8), [f])
-    out[0, :, :, 0], out[0, :, :, 1] = f, s
-    M = int(np.lcm.reduce([E, E - 1, E - 2, E - 3]))  # one draw mod E, E-1, E-2, E-3 stays exactly uniform
-    block = 64
-    for b0 in range(1, seq_len, block):
-        P = min(block, seq_len - b0)
-        u = rng.random((P, S, L), dtype=np.float32)
-        move = (u[..., None] > cum[None, None, :, :3].astype(np.float32)).sum(-1).astype(np.uint8)  # 0..3
-        r1 = rng.integers(0, M, (P, S, L), dtype=np.uint16)
-        r2 = rng.integers(0, M, (P, S, L), dtype=np.uint16)
-        fresh_f = (r1 % E).astype(np.uint8)
-        fresh_s = _skip((r2 % (E - 1)).astype(np.uint8), [fresh_f])
-        r1s, r2s, r2t = (r1 % (E - 2)).astype(np.uint8), (r2 % (E - 1)).astype(np.uint8), (r2 % (E - 3)).astype(np.uint8)
-        for i in range(P):
-            m = move[i]
-            lo, hi = np.minimum(f, s), np.maximum(f, s)
-            x = r1s[i] + (r1s[i] >= lo)  # disjoint first: the r-th expert outside {f, s}
-            dis_f = x + (x >= hi)
-            y = r2t[i].copy()  # disjoint second: outside {f, s, dis_f}
-            for v in np.sort(np.stack([lo, hi, dis_f]), axis=0):
-                y += y >= v
-            z = r2s[i] + (r2s[i] >= s)  # shift second: anything but the old second
-            nf = np.where(m == 0, f, np.where(m == 1, s, np.where(m == 2, fresh_f[i], dis_f)))
-            ns = np.where(m == 0, s, np.where(m == 1, z, np.where(m == 2, fresh_s[i], y)))
-            f, s = nf.astype(np.uint8), ns.astype(np.uint8)
-            out[b0 + i, :, :, 0], out[b0 + i, :, :, 1] = f, s
-    out = out.transpose(1, 0, 2, 3)
-    ex = out.reshape(S * seq_len, L, 2)[:T]
-    seq = (np.arange(T) // seq_len).astype(np.int64)
-    return RoutingTrace.from_arrays(ex, num_experts=E, sequence=seq, position=np.arange(T) % seq_len,
+    P = min(int(seq_len), T)
+    S = -(-T // P)
+    u = rng.random((P, S, L), dtype=np.float32)
+    move = (u > cum[:, 0].astype(np.float32)).view(np.uint8)
+    move += u > cum[:, 1].astype(np.float32)
+    move += u > cum[:, 2].astype(np.float32)
+    del u
+    w = rng.integers(0, M, (P, S, L), dtype=np.uint16 if M < 2**16 else np.uint32)
+    o = (off[:-1].astype(w.dtype)[move] + w % sizes.astype(w.dtype)[move]).astype(np.uint16)  # (P, S, L) outcome
+    del w, move
+    flat = tab.reshape(-1)
+    state = np.empty((P, S, L), tab.dtype)
+    state[0] = tab[1, off[2] + rng.integers(0, E * (E - 1), (S, L))]  # a uniform pair starts each sequence
+    for i in range(1, P):
+        state[i] = flat[state[i - 1].astype(np.int32) * O + o[i]]
+    del o
+    state = state.transpose(1, 0, 2).reshape(S * P, L)[:T]
+    ex = np.stack([state // E, state % E], axis=-1).astype(np.uint8)  # (tokens, layers, 2)
+    seq = (np.arange(T) // P).astype(np.int64)
+    return RoutingTrace.from_arrays(ex, num_experts=E, sequence=seq, position=np.arange(T) % P,
                                     meta={"model": "synthetic Mixtral-like router (Table 5 / Figure 7 calibrated)"})
