@@ -25,7 +25,8 @@
 #
 # **What you need.** Notebooks 01–03 (what a routing trace is; Mixtral's Table 5 repetition rates).
 # CPU only; everything here is `moelab.serving` (pure numpy over a trace, definitions and sources
-# in `docs/serving.md`). **Takes** about 20 s in full mode on the 2-core AVX2 CPU (fp32).
+# in `docs/serving.md`). **Takes** about 25 s of CPU in full mode (measured with a 100k-token
+# synthetic trace at 49 s of CPU on the loaded shared 2-core AVX2 machine, fp32; now 30k tokens).
 #
 # **Two routing sources, side by side, labelled everywhere.** (1) *embedded model*: the embedded
 # `moelab-mixtral-tiny` on held-out documents — real learned routing, but 4 layers and a teaching
@@ -57,7 +58,7 @@ from moelab.compute import mixtral_8x7b_config
 from moelab.data import load_documents
 from moelab.notebooks import resolve_device_dtype, trace_documents
 from moelab.plots import save
-from moelab.serving import (balanced_placement, blended_price, break_even_table, break_even_volume, claims_table,
+from moelab.serving import (Lookahead, balanced_placement, blended_price, break_even_table, break_even_volume, claims_table,
                             contiguous_placement, dispatch_bytes_per_token, eplb_weight, expert_bytes, expert_load,
                             hit_rate_table, imbalance, imbalance_over_windows, max_cache_size, mixtral_like_trace,
                             offloaded_tokens_per_s, predict_from_previous_layer, record_lookahead, simulate_cache,
@@ -69,7 +70,7 @@ FIGURES.mkdir(parents=True, exist_ok=True)
 device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)
 if FAST:
     DOCS_PER_DOMAIN, SEQ_LEN = 1, min(SEQ_LEN, 128)
-SYN_TOKENS = 8_000 if FAST else 100_000
+SYN_TOKENS = 4_000 if FAST else 30_000
 CAPACITIES = (2, 4, 8) if FAST else range(2, 9)
 pd.set_option("display.precision", 3)
 mixtral = mixtral_8x7b_config()
@@ -165,11 +166,11 @@ summary["vs_belady"].round(3)
 # %%
 ids = [tok(d[0], return_tensors="pt", truncation=True, max_length=SEQ_LEN).input_ids for d in docs.values()]
 runs = [record_lookahead(model, i.to(model.device)) for i in ids]
-la_ex = np.concatenate([r.experts for r in runs])
-la_pred = np.concatenate([r.predicted for r in runs])
-print("lookahead accuracy per layer (embedded model):",
-      np.round(np.nanmean([r.accuracy() for r in runs], axis=0), 3).tolist())
 E_la = runs[0].num_experts
+la = Lookahead(np.concatenate([r.experts for r in runs]), np.concatenate([r.predicted for r in runs]), E_la)
+la_ex, la_pred = la.experts, la.predicted  # (tokens, layers, k)
+print("lookahead accuracy per layer (embedded model; layer 0 has nothing to look ahead from):",
+      np.round(la.accuracy(), 3).tolist())
 look = pd.DataFrame([{"C": C, **{lab: simulate_cache(la_ex, C, pol, num_experts=E_la, predicted=pr).hit_rate.mean()
                                 for lab, pol, pr in (("LRU", "lru", None), ("lookahead prefetch", "prefetch", la_pred),
                                                      ("Bélády", "belady", None))}}

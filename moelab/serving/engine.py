@@ -69,11 +69,11 @@ class Stream:
         self.dt = mask_dtype(self.E)
         self.bit = np.left_shift(np.ones(1, self.dt), np.arange(self.E, dtype=self.dt))
         T = self.T
-        if chunk is None:  # ~2 sqrt(T) steps per pass on short traces, 512 on long ones
-            chunk = min(512, max(32, int(2 * np.sqrt(max(T, 1)))))
+        if chunk is None:  # ~sqrt(T) steps per pass on short traces (few Python steps), 512 on long ones
+            chunk = min(512, max(32, int(np.sqrt(max(T, 1)))))
         self.B = B = max(1, min(int(chunk), max(T, 1)))
         self.N = N = -(-T // B) if T else 0
-        self.W = W = (min(B // 4 if warmup is None else int(warmup), B) if N > 1 else 0)
+        self.W = W = (min(min(64, B // 4) if warmup is None else int(warmup), B) if N > 1 else 0)
         self.Qp = Qp = W + N * B + 1  # per layer: W empty rows, the stream, padding, one empty row
         ids = np.full((self.L, Qp, self.k), self.E, np.uint8 if self.E < 255 else np.int16)  # E = "no expert"
         ids[:, W:W + T] = ex.transpose(1, 0, 2)
@@ -103,7 +103,7 @@ class Stream:
         """(L * Qp, k) int64: the next use after t of the expert requested at (t, j); T if none."""
         if self._next is None:
             T, W, Qp = self.T, self.W, self.Qp
-            nxt = np.full((self.L, Qp, self.k), T, np.int64)
+            nxt = np.full((self.L, Qp, self.k), T, np.int32 if T < 2**31 - 1 else np.int64)
             for l, (order, t, bounds) in enumerate(self._positions()):
                 after = np.full(t.shape, T, np.int64)
                 after[:-1] = t[1:]
@@ -117,7 +117,8 @@ class Stream:
     def _init_keys(self, policy, layer, start) -> np.ndarray:
         """(E + 1, R) composite keys at token positions `start` (per row) of layers `layer`."""
         T, E = self.T, self.E
-        key = np.zeros((E + 1, len(start)), np.int64)
+        small = (T + 2) * (T + 2 if policy == "lfu" else 1) * _SHIFT < np.iinfo(np.int32).max
+        key = np.zeros((E + 1, len(start)), np.int32 if small else np.int64)  # int32: half the memory traffic
         for l in np.unique(layer):
             rows = np.nonzero(layer == l)[0]
             s = start[rows]
@@ -134,6 +135,15 @@ class Stream:
         return key
 
     # ------------------------------------------------------------------ the lock-step engine
+    @staticmethod
+    def _by_step(a, q0, steps, block=2048):
+        """a[q0[r] + j] laid out as (steps, R[, k]): each step then reads contiguous memory."""
+        out = np.empty((steps, len(q0)) + a.shape[1:], a.dtype)
+        ar = np.arange(steps)
+        for s in range(0, len(q0), block):
+            out[:, s:s + block] = a[q0[s:s + block, None] + ar[None, :]].swapaxes(0, 1)  # row-sequential reads
+        return out
+
     def _steps(self, policy, C, q0, steps, record_from, cache, key, pmasks):
         """Advance rows (flat start indices q0) `steps` tokens. Returns hits, prefetch loads (steps, R) int8,
         the cache before step `record_from` and at the end."""
@@ -142,8 +152,10 @@ class Stream:
         loads = np.zeros((steps, R), np.int8)
         start = cache.copy()
         ar = np.arange(R)
-        big = np.iinfo(np.int64).max
-        nxt = self._next_use() if policy == "belady" else None
+        big = np.iinfo(key.dtype).max
+        masks, ids_all = self._by_step(self.masks, q0, steps), self._by_step(self.ids, q0, steps)
+        nxt = self._by_step(self._next_use(), q0, steps) if policy == "belady" else None
+        pmasks = None if pmasks is None else self._by_step(pmasks, q0, steps)
         base_t = (q0 % self.Qp) - self.W  # token index of each row's first step
 
         def evict(protect, excess):
@@ -151,34 +163,32 @@ class Stream:
                 idx = np.nonzero(excess > 0)[0]
                 if len(idx) == 0:
                     return
-                cand = cache[idx] & ~protect[idx]
-                best = np.full(len(idx), big)
+                cand = cache[idx] & ~protect[idx]  # evictable: cached, not needed by this step
+                best = np.full(len(idx), big, key.dtype)
                 for e in range(E):
-                    has = (cand & self.bit[e]) != 0
-                    np.minimum(best, np.where(has, key[e, idx], big), out=best)
+                    np.minimum(best, np.where((cand & self.bit[e]) != 0, key[e, idx], big), out=best)
                 cache[idx] &= ~self.bit[(best % _SHIFT).astype(np.intp)]
                 excess[idx] -= 1
 
         for j in range(steps):
             if j == record_from:
                 start = cache.copy()
-            q = q0 + j
             if pmasks is not None:
-                P = pmasks[q]
+                P = pmasks[j]
                 new = P & ~cache
                 loads[j] = np.bitwise_count(new)
                 cache |= new
                 evict(P, np.bitwise_count(cache).astype(np.int64) - C)
-            S = self.masks[q]
+            S = masks[j]
             hits[j] = np.bitwise_count(cache & S)
             cache |= S
             evict(S, np.bitwise_count(cache).astype(np.int64) - C)
-            ids = self.ids[q]  # (R, k); E = no expert (padding): updates the spare key row
+            ids = ids_all[j]  # (R, k); E = no expert (padding): updates the spare key row
             t = base_t + j
             for i in range(k):
                 e = ids[:, i].astype(np.intp)
                 if policy == "belady":
-                    key[e, ar] = -nxt[q, i] * _SHIFT + e
+                    key[e, ar] = -nxt[j, :, i].astype(np.int64) * _SHIFT + e
                 elif policy == "lfu":
                     key[e, ar] = ((key[e, ar] // _SHIFT) // (T + 1) + 1) * (T + 1) * _SHIFT + (t + 1) * _SHIFT + e
                 else:
