@@ -32,21 +32,15 @@ from typing import Any
 
 import numpy as np
 
-TOKEN_FIELDS = ("sequence", "position", "token_id", "step")
+from .trace_schema import TOKEN_FIELDS, TraceMismatchError, expert_dtype
+from .trace_write import to_arrow_table, write_trace
 
-
-class TraceMismatchError(ValueError):
-    """Two traces (or a trace and an array) do not describe the same tokens or shapes."""
-
-
-def expert_dtype(num_experts: int) -> np.dtype:
-    """Compact dtype for expert ids 0..num_experts-1: uint8 up to 256 experts, else int16."""
-    return np.dtype(np.uint8) if num_experts <= 256 else np.dtype(np.int16)
+__all__ = ["TOKEN_FIELDS", "RoutingTrace", "TraceMismatchError", "expert_dtype"]
 
 
 @dataclass(eq=False)
 class RoutingTrace:
-    experts: np.ndarray                 # (tokens, layers, k) uint8 | int16: chosen expert ids, rank 0 first
+    experts: np.ndarray                 # (tokens, layers, k) uint8 | uint16: chosen expert ids, rank 0 first
     weights: np.ndarray | None          # (tokens, layers, k) float16 | float32: routing weights as used
     num_experts: int                    # E, experts per MoE layer
     sequence: np.ndarray                # (tokens,) int64: which sequence (row of a batch / document)
@@ -303,14 +297,10 @@ class RoutingTrace:
 
     def to_arrow(self):
         """The wide Arrow table that `save` writes: one row per token (see `moelab.store`)."""
-        from .store import to_arrow_table
-
         return to_arrow_table(self)
 
     def save(self, path) -> None:
         """Write the trace to one Parquet file (zstd). Read it back with `moelab.load_trace(path)`."""
-        from .store import write_trace
-
         write_trace(self, path)
 
 

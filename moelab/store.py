@@ -8,7 +8,7 @@
 Layout (readable by pandas, Polars and DuckDB without moelab)
 --------------------------------------------------------------
 sequence, position, token_id : int64/int32 per token; step : int32
-experts  : fixed_size_list<uint8 | int16>[layers * k]   row-major (layer, rank)
+experts  : fixed_size_list<uint8 | uint16>[layers * k]  uint8 up to 256 experts (int16 in older files)   row-major (layer, rank)
 weights  : fixed_size_list<uint16 | float32>[layers * k_w]  row-major (layer, rank), encoded by
            `moelab.codec`: `code16` keeps fp16 precision over fp32's range in 2 bytes;
            with `code16_drop0` (weights that sum to 1, as Mixtral renormalises)
@@ -38,73 +38,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .codec import decode_weights, encode_weights, stored_width
-from .routing_trace import TOKEN_FIELDS, RoutingTrace, TraceMismatchError
+from .codec import decode_weights, stored_width
+from .routing_trace import RoutingTrace
+from .trace_schema import FORMAT_VERSION, META_KEY, TOKEN_FIELDS, TraceMismatchError, expert_dtype
+from .trace_write import to_arrow_table, write_trace
 
-FORMAT_VERSION = 2              # 2: weights encoded by moelab.codec (1: float16, drop_last)
-META_KEY = b"moelab"
+__all__ = ["FORMAT_VERSION", "TraceFileError", "load_trace", "read_weights", "to_arrow_table", "write_trace"]
 
 
 class TraceFileError(ValueError):
     """A trace file is missing, corrupt, truncated or not a moelab trace."""
-
-
-# --------------------------------------------------------------------------- write
-def _fixed_list(arr: np.ndarray) -> pa.Array:
-    """(tokens, a, b) numpy -> fixed_size_list<dtype>[a*b], zero-copy where possible."""
-    T = arr.shape[0]
-    width = int(np.prod(arr.shape[1:]))
-    flat = np.ascontiguousarray(arr).reshape(T, width)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
-
-
-def to_arrow_table(trace: RoutingTrace, *, shard: int | str = 0, run: str | None = None) -> pa.Table:
-    cols = {
-        "sequence": pa.array(trace.sequence.astype(np.int64)),
-        "position": pa.array(trace.position.astype(np.int32)),
-        "token_id": pa.array(trace.token_id.astype(np.int32)),
-        "step": pa.array(trace.step.astype(np.int32)),
-        "experts": _fixed_list(trace.experts),
-    }
-    layout = None
-    if trace.weights is not None:
-        exact = trace.weights.dtype == np.float32 and trace.logits is not None
-        layout, stored = encode_weights(trace.weights, exact=exact)
-        cols["weights"] = _fixed_list(stored)
-    if trace.logits is not None:
-        cols["logits"] = _fixed_list(trace.logits.astype(np.float32, copy=False))
-    for name, v in trace.columns.items():
-        if name in cols:
-            raise TraceMismatchError(f"extra column {name!r} clashes with a built-in trace column")
-        cols[name] = pa.array(v)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "num_experts": trace.num_experts,
-        "num_layers": trace.num_layers,
-        "top_k": trace.top_k,
-        "layer_ids": [int(i) for i in trace.layer_ids],
-        "weights_layout": layout,
-        "weights_dtype": None if trace.weights is None else str(trace.weights.dtype),
-        "shard": shard,
-        "run": run,
-        "meta": trace.meta,
-    }
-    table = pa.table(cols)
-    return table.replace_schema_metadata({META_KEY: json.dumps(meta, default=str).encode()})
-
-
-def write_trace(trace: RoutingTrace, path, *, shard: int | str = 0, run: str | None = None) -> None:
-    """Write `trace` to one Parquet file at `path`, atomically (tmp file + rename).
-
-    `run`/`shard` mark files that continue one another (streamed parts of one
-    tracing run): `load_trace` keeps their sequence ids; any other files get
-    disjoint sequence ids.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(to_arrow_table(trace, shard=shard, run=run), tmp, compression="zstd", compression_level=9)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- read
@@ -190,7 +133,7 @@ def _table_to_trace(table: pa.Table, meta: dict, path: Path) -> RoutingTrace:
     if missing:
         raise TraceFileError(f"{path}: trace is missing columns {missing}")
     T, L, k, E = table.num_rows, meta["num_layers"], meta["top_k"], meta["num_experts"]
-    experts = _unflatten(table["experts"], T, L, k, path, "experts")
+    experts = _unflatten(table["experts"], T, L, k, path, "experts").astype(expert_dtype(E), copy=False)
     weights = None
     if "weights" in table.column_names:
         weights = read_weights(table["weights"], meta, T, path)

@@ -12,9 +12,11 @@
 
 Three jobs, three modules
 -------------------------
-* `moelab.hooks.HookSet`: one forward hook per router (`layers.{i}.router`,
-  reading the (logits, weights, index) it returns) and a pre- and post-hook on
-  the decoder stack, all removed in `finally`. No forward is patched, no module
+* `moelab.hooks.HookSet`: per MoE layer (`layers.{i}.router`) a forward
+  pre-hook on the experts module, reading the (index, weights) the experts
+  actually receive (the canonical record, `moelab.arch`), plus a forward hook
+  on the router when logits are asked for; a pre- and post-hook on the decoder
+  stack; all removed in `finally`. No forward is patched, no module
   swapped, no setting touched: with or without tracing the model computes
   bitwise the same logits. Per forward the outputs stay on their device, are
   stacked and compacted there and cross to the host in one copy.
@@ -40,7 +42,6 @@ hook discipline); transformers' `MixtralTopKRouter` (router semantics).
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import weakref
@@ -51,17 +52,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters import adapter_for, find_routers, model_config
+from .arch import RecordError, adapter_for, find_routers, model_config
+from .arch.base import experts_arguments
+from .arch.record import experts_inputs, router_logits, router_record
 from .hooks import HookSet
 from .routing_trace import RoutingTrace, _union_columns, expert_dtype
 from .sink import MemorySink, PartsSink, Raw, SinkSpec, Stops
+from .trace_support import (TracingError, _build_meta, _check_path, _Cols, _decoder_stack, _fields, _fill,
+                            _find_cache, _first_layer_keys, _keys_ref, _num_experts, _to_host, _top_k,
+                            _watch_generate)
 from .tracking import Feed, SequenceTracker
 
+__all__ = ["LiveTrace", "Tracer", "TracingError", "trace"]
+
 _ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-
-
-class TracingError(RuntimeError):
-    """Tracing cannot proceed (nested tracing, a forward the tracer cannot follow, beam search)."""
 
 
 def trace(model: nn.Module, *, path=None, logits: bool = False, flush_tokens: int = 65536,
@@ -109,38 +113,25 @@ class Tracer:
         self.model = model
         self.adapter = adapter_for(model)               # raises UnsupportedModelError with the supported list
         self.routers = find_routers(model)
+        if not self.routers:
+            raise TracingError(f"{type(model).__name__} has {self.adapter.name} router classes "
+                               f"{self.adapter.router_classes} but none inside a decoder layer; nothing to trace")
         self.config = model_config(model)
-        self.num_experts = self.adapter.num_experts(self.config)
-        self.top_k = self.adapter.top_k(self.config)
+        self.num_experts = _num_experts(self.routers[0], self.adapter, self.config)
+        self.top_k = _top_k(self.routers[0], self.adapter, self.config)
         self.logits = bool(logits)
         self.path = None if path is None else Path(path)
-        if self.path is not None and self.path.suffix == ".parquet":
-            raise ValueError(
-                f"path={str(path)!r}: streaming writes a folder of Parquet parts (one per flush), not one file. "
-                "Pass a folder name, e.g. path='runs/mytrace'; or trace in memory and call tr.save('x.parquet')."
-            )
-        self._first_part = 0
-        if append and self.path is not None and self.path.is_dir():
-            names = [p.stem for p in self.path.glob("part-*.parquet")]
-            self._first_part = 1 + max((int(n.split("-")[1]) for n in names if n.split("-")[1].isdigit()), default=-1)
-        elif self.path is not None and self.path.is_dir() and any(self.path.rglob("*.parquet")):
-            n = sum(1 for _ in self.path.rglob("*.parquet"))
-            raise FileExistsError(
-                f"path={str(path)!r} already holds {n} trace file(s); a new run would be mixed with them on load. "
-                "Pass a new folder, delete the old one first, or pass append=True to add to it (a resumed run)."
-            )
-        if retain is False and self.path is None:
-            raise ValueError("retain=False without path= would discard everything recorded; pass path= to stream "
-                             "to disk, or keep retain=True")
-        if flush_tokens < 1:
-            raise ValueError(f"flush_tokens must be >= 1; got {flush_tokens}")
+        self._first_part = _check_path(self.path, path, append=append, retain=retain, flush_tokens=flush_tokens)
         self.flush_tokens = int(flush_tokens)
         self.retain = True if retain is None else bool(retain)
         self.user_meta = dict(meta or {})
         self.stack = _decoder_stack(model)
         self._forward_sig = inspect.signature(type(self.stack).forward)
         self._slot = {id(r.module): i for i, r in enumerate(self.routers)}
-        self._e_dtype = torch.from_numpy(np.zeros(0, expert_dtype(self.num_experts))).dtype
+        self._ex_slot = {id(r.experts): i for i, r in enumerate(self.routers) if r.experts is not None}
+        self._from_experts = self.adapter.record == "experts"
+        self._ex_args = experts_arguments(self.routers[0].experts) if self._from_experts else None
+        self._e_dtype = torch.uint8 if self.num_experts <= 256 else torch.int32  # uint16 on the host (numpy)
         self._tracker = SequenceTracker()
         self._cache_keys: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
         self._next_key = 0
@@ -173,16 +164,19 @@ class Tracer:
         if self.path is None:
             self._sink = MemorySink(spec)
         else:
-            from .store import write_trace
+            from . import store
 
             self._sink = PartsSink(spec, self.path, flush_tokens=self.flush_tokens, first_part=self._first_part,
-                                   write=lambda t, p: write_trace(t, p, shard=self._shard_id(), run=self._run))
+                                   write=lambda t, p: store.write_trace(t, p, shard=self._shard_id(), run=self._run))
         _ACTIVE.add(self.model)
         self._hooks = HookSet()
         try:
             self._unwatch = _watch_generate(self)
             for r in self.routers:
-                self._hooks.forward(r.name, r.module, self._router_hook)
+                if self._from_experts:
+                    self._hooks.forward_pre(r.name, r.experts, self._experts_hook, with_kwargs=True)
+                if self.logits or not self._from_experts:
+                    self._hooks.forward(r.name + ".logits", r.module, self._router_hook)
             self._hooks.forward_pre("stack.pre", self.stack, self._pre_hook, with_kwargs=True)
             self._hooks.forward("stack.post", self.stack, self._post_hook)
         except BaseException:
@@ -234,13 +228,21 @@ class Tracer:
         self._fwd = {"B": B, "S": S, "ids": ids, "mask": mask, "mask4": mask4, "stops": self._generating,
                      "cache": cache, "key": key, "cache_len": cache_len, "past_mask": past_mask,
                      "past_pos": past_pos, "reordered": reordered, "tags": tags,
-                     "layers": [None] * len(self.routers)}
+                     "layers": [None] * len(self.routers), "outs": [None] * len(self.routers)}
+        return None
+
+    def _experts_hook(self, module, args, kwargs):
+        fwd = self._fwd
+        if fwd is not None:  # what the experts receive: references only, no copy, no sync
+            fwd["layers"][self._ex_slot[id(module)]] = (args, kwargs)
         return None
 
     def _router_hook(self, module, inputs, output):
         fwd = self._fwd
         if fwd is not None:
-            fwd["layers"][self._slot[id(module)]] = output  # references only: no copy, no sync
+            fwd["outs"][self._slot[id(module)]] = output
+            if not self._from_experts:
+                fwd["layers"][self._slot[id(module)]] = output
         return None
 
     def _post_hook(self, module, args, output):
@@ -280,9 +282,12 @@ class Tracer:
     def _collect(self, fwd) -> Raw:
         """Stack and compact on the device, one copy to the host; token-major work happens in the sink."""
         B, S, a = fwd["B"], fwd["S"], fwd["a"]
-        outs = [_read_router(self.routers[i], o, B * S) for i, o in enumerate(fwd["layers"])]
-        dev = outs[0][2].device
-        index, weights = [o[2] for o in outs], [o[1] for o in outs]
+        try:
+            outs = [self._read(i, x, fwd["outs"][i], B * S) for i, x in enumerate(fwd["layers"])]
+        except RecordError as e:
+            raise TracingError(str(e)) from None
+        dev = outs[0][0].device
+        index, weights = [o[0] for o in outs], [o[1] for o in outs]
         ks = {r.name: t.shape[1] for r, t in zip(self.routers, index)}
         if len(set(ks.values())) > 1:
             raise TracingError(
@@ -295,7 +300,7 @@ class Tracer:
             weights = [t.to(dev, non_blocking=True) for t in weights]
         parts = {"experts": torch.stack(index).to(self._e_dtype), "weights": torch.stack(weights).float()}
         if self.logits:
-            parts["logits"] = torch.stack([o[0].to(dev, non_blocking=True) for o in outs]).float()
+            parts["logits"] = torch.stack([o[2].to(dev, non_blocking=True) for o in outs]).float()
         mask = fwd["mask"]
         if mask is not None:
             # positions count real tokens only: unpadded tokens before + running count now (on the device)
@@ -312,8 +317,25 @@ class Tracer:
         if fwd["ids"] is not None:
             parts["token_id"] = fwd["ids"].to(dev, copy=True)
         host = _to_host(parts)
+        if self.num_experts > 256:
+            host["experts"] = host["experts"].astype(expert_dtype(self.num_experts))
         return Raw(B=B, S=S, past=fwd["past"], seq0=a.seq0, step=a.step, decode=a.decode, group=a.group,
                    stops=fwd["stops"], **host)
+
+    def _read(self, i: int, seen, out, tokens: int):
+        """(index, weights, logits or None) of router slot i, from what its hooks saw this forward."""
+        r = self.routers[i]
+        if self._from_experts:
+            args, kwargs = seen
+            index, weights = experts_inputs(args, kwargs, self._ex_args, tokens=tokens, path=r.experts_path)
+        else:
+            index, weights = router_record(out, top_k=self.top_k, tokens=tokens, num_experts=self.num_experts,
+                                           path=r.path)
+        logits = None
+        if self.logits:
+            logits = router_logits(out, self.adapter.logits_at, tokens=tokens, num_experts=self.num_experts,
+                                   path=r.path)
+        return index, weights, logits
 
     def _cache_key(self, cache) -> int | None:
         if cache is None:
@@ -381,184 +403,4 @@ class Tracer:
         return dict(self._meta_cache)
 
 
-class _Cols:
-    """A record's extra columns, shaped like a trace for `_union_columns`."""
 
-    def __init__(self, n: int, columns: dict):
-        self.num_tokens, self.columns = n, columns
-
-
-def _read_router(router, output, tokens: int):
-    """A router's return -> (logits, weights, index); a clear error when it is not what moelab reads."""
-    ok = (isinstance(output, tuple) and len(output) == 3 and all(torch.is_tensor(x) for x in output)
-          and not output[2].is_floating_point() and output[2].dim() == 2 and output[1].shape == output[2].shape
-          and output[2].shape[0] == tokens)
-    if not ok:
-        got = (f"a tuple of {[(type(x).__name__, tuple(getattr(x, 'shape', ())), str(getattr(x, 'dtype', '')))for x in output]}"
-               if isinstance(output, tuple) else type(output).__name__)
-        raise TracingError(
-            f"router {router.path!r} returned {got}; moelab reads (logits (tokens, E), weights (tokens, k), "
-            f"index (tokens, k) integer) for {tokens} tokens. This transformers version changed the router's return; "
-            "update the adapter in moelab/adapters.py. Nothing was recorded for this forward."
-        )
-    return output
-
-
-def _find_cache(values):
-    """The KV cache among a forward's arguments or outputs, by what it does (get_seq_length), not its name."""
-    for v in values:
-        if v is not None and not torch.is_tensor(v) and callable(getattr(v, "get_seq_length", None)):
-            return v
-    return None
-
-
-def _first_layer_keys(cache):
-    layers = getattr(cache, "layers", None)
-    try:
-        keys = getattr(layers[0], "keys", None) if layers else None
-    except (TypeError, IndexError, KeyError):
-        return None
-    return keys if torch.is_tensor(keys) else None
-
-
-def _keys_ref(cache):
-    keys = _first_layer_keys(cache)
-    return weakref.ref(keys) if keys is not None else None
-
-
-def _watch_generate(tracer: "Tracer"):
-    """While tracing, note `generate`'s EOS / pad ids (its arguments or generation config) and refuse beam search.
-
-    The wrapper passes every argument through unchanged and is removed on exit
-    (returns the function that removes it). It reads only public arguments.
-    """
-    model = tracer.model
-    if not callable(getattr(model, "generate", None)):
-        return lambda: None
-    original = model.generate
-    own = "generate" in model.__dict__
-
-    @functools.wraps(original)
-    def generate(*args, **kwargs):
-        gc = kwargs.get("generation_config") or getattr(model, "generation_config", None)
-        beams = kwargs.get("num_beams", getattr(gc, "num_beams", 1)) or 1
-        if int(beams) > 1:
-            raise TracingError(
-                f"generate(num_beams={beams}) under moelab.trace: beam search reorders the KV cache between steps, "
-                "so per-token records could not be attributed to the final sequences. Trace greedy or sampled "
-                "generation (num_beams=1), or trace the finished sequences with one plain forward."
-            )
-        eos = _ids(kwargs["eos_token_id"] if "eos_token_id" in kwargs else getattr(gc, "eos_token_id", None))
-        pad = _ids(kwargs["pad_token_id"] if "pad_token_id" in kwargs else getattr(gc, "pad_token_id", None))
-        outer, tracer._generating = tracer._generating, Stops(eos=eos, pad=pad or eos)  # generate pads with EOS
-        try:
-            return original(*args, **kwargs)
-        finally:
-            tracer._generating = outer
-
-    model.generate = generate
-
-    def unwatch():
-        if own:
-            model.generate = original
-        else:
-            model.__dict__.pop("generate", None)
-
-    return unwatch
-
-
-def _ids(v) -> frozenset:
-    if v is None:
-        return frozenset()
-    if torch.is_tensor(v):
-        v = v.reshape(-1).tolist()
-    return frozenset(int(e) for e in (v if isinstance(v, (list, tuple, set)) else [v]))
-
-
-def _fields(t: RoutingTrace) -> dict:
-    return {name: getattr(t, name) for name in _FIELDS}
-
-
-_FIELDS = ("experts", "weights", "num_experts", "sequence", "position", "token_id", "step", "logits",
-           "layer_ids", "meta", "columns")
-
-
-def _fill(target: RoutingTrace, source: RoutingTrace) -> None:
-    """Copy `source`'s fields into the trace object the user already holds."""
-    for name in _FIELDS:
-        setattr(target, name, getattr(source, name))
-
-
-def _build_meta(tr: Tracer) -> dict:
-    import transformers
-
-    from . import __version__
-
-    cfg = tr.config
-    meta = {
-        "model": getattr(cfg, "_name_or_path", "") or type(tr.model).__name__,
-        "architecture": tr.adapter.name,
-        "model_class": type(tr.model).__name__,
-        "config": _jsonable_config(cfg),
-        "num_experts": tr.num_experts,
-        "top_k": tr.top_k,
-        "renormalised": tr.adapter.is_renormalised(cfg),
-        "dtype": str(next(tr.model.parameters()).dtype).replace("torch.", ""),
-        "weights_recorded_as": "float32 (exact)",
-        "tokenizer": _tokenizer_name(cfg),
-        "experts_implementation": getattr(cfg, "_experts_implementation", None),
-        "moelab_version": __version__,
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-    }
-    meta.update(tr.user_meta)
-    return meta
-
-
-def _tokenizer_name(cfg) -> str:
-    """Mixtral's SentencePiece for the embedded models; otherwise the model's own folder/id (HF convention)."""
-    name = getattr(cfg, "_name_or_path", "") or ""
-    try:
-        from .models import default_model_dir
-
-        if name and Path(name).resolve().parent == default_model_dir().resolve().parent:
-            return "mistral-common:tokenizer.model.v1"
-    except Exception:  # pragma: no cover - odd paths
-        pass
-    return name
-
-
-def _decoder_stack(model: nn.Module) -> nn.Module:
-    """The module that receives input_ids / attention_mask and owns `layers` (MixtralModel, ...)."""
-    base = getattr(model, "base_model", None)
-    if isinstance(base, nn.Module) and hasattr(base, "layers"):
-        return base
-    for m in model.modules():
-        if hasattr(m, "layers") and hasattr(m, "embed_tokens"):
-            return m
-    return model
-
-
-def _to_host(parts: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """One device-to-host copy for all tensors: pack as bytes, copy, unpack as numpy views."""
-    if all(t.device.type == "cpu" for t in parts.values()):
-        return {name: t.numpy() for name, t in parts.items()}  # already on the host: no copy at all
-    flat, layout, offset = [], {}, 0
-    for name, t in parts.items():
-        t = t.contiguous()
-        b = t.view(torch.uint8).reshape(-1) if t.dtype != torch.uint8 else t.reshape(-1)
-        flat.append(b)
-        layout[name] = (offset, b.numel(), t.dtype, tuple(t.shape))
-        offset += b.numel()
-    buf = torch.cat(flat).cpu().numpy()
-    return {name: buf[off: off + n].view(torch.empty(0, dtype=dt).numpy().dtype).reshape(shape)
-            for name, (off, n, dt, shape) in layout.items()}
-
-
-def _jsonable_config(cfg) -> dict:
-    import json
-
-    try:
-        return json.loads(json.dumps(cfg.to_dict(), default=str))
-    except Exception:  # pragma: no cover - exotic configs
-        return {}

@@ -10,7 +10,8 @@ Compute accounting for MoE (and dense) transformers: parameters, FLOPs, memory, 
 Everything works from a config alone (a transformers config object or a dict with
 "model_type"); no weights are built. One concept per module:
 
-    shape.py     ModelShape: the integers accounting needs, read from a config
+    shape.py     ModelShape (compatibility: the readers live in moelab.arch, one per adapter)
+    modern.py    DeepSeek-V3, GPT-OSS-120B, Llama-4-Scout, Qwen3-30B-A3B as code; modern_moes() table
     params.py    count_params: total / active parameters by component
     flops.py     forward_flops, flops_per_token, router_share (1 multiply-add = 2 FLOPs)
     memory.py    weight_bytes, kv_bytes_per_token, kv_cache_bytes, fits
@@ -26,7 +27,9 @@ from .configs import MATCHES, dense_equivalent, mistral_7b_config, mixtral_8x7b_
 from .flops import FlopBreakdown, flops_per_token, forward_flops, router_share
 from .hardware import GPUS, LINKS, Hardware, Link, get_hardware, get_link, measure_host_bandwidth, measure_host_matmul_flops, this_machine
 from .memory import DTYPE_BYTES, FitReport, dtype_bytes, fits, kv_bytes_per_token, kv_cache_bytes, weight_bytes
-from .params import Count, ParamCount, attention_params, count_params, expert_params
+from .modern import (PUBLISHED, deepseek_v3_config, published_active, gpt_oss_120b_config, llama4_scout_config, modern_moes,
+                     qwen3_30b_a3b_config)
+from .params import Count, ParamCount, attention_params, attention_weights, count_params, expert_params
 from .roofline import (
     MIXTRAL_A100_VLLM,
     MemoryClaimCheck,
@@ -45,4 +48,4 @@ from .routing import (
 )
 from .shape import SUPPORTED_MODEL_TYPES, ModelShape, as_config, model_shape
 
-__all__ = [name for name in dir() if not name.startswith("_") and name not in ("configs", "flops", "hardware", "memory", "params", "roofline", "routing", "shape")]
+__all__ = [name for name in dir() if not name.startswith("_") and name not in ("configs", "flops", "hardware", "memory", "modern", "params", "roofline", "routing", "shape")]

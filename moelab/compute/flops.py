@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from .params import attention_params
+from .params import attention_weights
 from .shape import model_shape
 
 
@@ -110,15 +110,16 @@ def forward_flops(
     s = model_shape(config)
     H, T = s.hidden, batch * seq_len
     n_moe, n_dense = s.num_moe_layers, s.num_dense_layers
-    proj = attention_params(s) - s.q_norm - s.k_norm  # weights + biases
-    proj -= s.heads * s.head_dim * s.q_bias + s.kv_heads * s.head_dim * (s.k_bias + s.v_bias) + H * s.o_bias
+    proj = attention_weights(s)
     keys = batch * _keys_sum(seq_len, past, causal_skip, s.sliding_window)
-    attn_qk = 2.0 * s.heads * s.head_dim * keys * s.layers
+    qk_dim, v_dim = (s.mla[2] + s.mla[3], s.mla[4]) if s.mla else (s.head_dim, s.head_dim)
+    attn_qk = 2.0 * s.heads * qk_dim * keys * s.layers
+    attn_av = 2.0 * s.heads * v_dim * keys * s.layers
     n_logits = {"all": T, "last": batch, "none": 0}[logits]
     return FlopBreakdown(
         attention_proj=2.0 * proj * T * s.layers,
         attention_scores=attn_qk,
-        attention_values=attn_qk,
+        attention_values=attn_av,
         router=2.0 * H * s.num_experts * T * n_moe,
         experts=2.0 * s.top_k * 3 * H * s.expert_intermediate * T * n_moe,
         shared_experts=(2.0 * 3 * H * s.shared_intermediate + 2.0 * H * s.shared_gate) * T * n_moe,

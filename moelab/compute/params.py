@@ -80,17 +80,31 @@ def _swiglu(h: int, i: int, bias: bool = False) -> int:
     return 3 * h * i + ((2 * i + h) if bias else 0)
 
 
-def attention_params(s: ModelShape) -> int:
-    """Attention parameters of ONE layer (projections, biases, q/k norms)."""
+def attention_weights(s: ModelShape) -> int:
+    """Projection weights of ONE attention layer (what the matmuls multiply by; no biases or norms)."""
+    if s.mla is not None:  # q_a/q_b (or q), kv_a_with_mqa, kv_b, o (DeepSeek-V3 MLA)
+        q_rank, kv_rank, nope, rope, v = s.mla
+        q = s.hidden * q_rank + q_rank * s.heads * (nope + rope) if q_rank else s.hidden * s.heads * (nope + rope)
+        return q + s.hidden * (kv_rank + rope) + kv_rank * s.heads * (nope + v) + s.heads * v * s.hidden
     q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    n = s.hidden * q + 2 * s.hidden * kv + q * s.hidden
+    return s.hidden * q + 2 * s.hidden * kv + q * s.hidden
+
+
+def attention_params(s: ModelShape) -> int:
+    """Attention parameters of ONE layer (projections, biases, q/k norms, sinks)."""
+    n = attention_weights(s)
+    if s.mla is not None:
+        q_rank, kv_rank, nope, rope, v = s.mla
+        return n + (q_rank * (1 + s.q_bias) if q_rank else 0) + kv_rank + (kv_rank + rope) * s.k_bias \
+            + s.hidden * s.o_bias
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
     n += q * s.q_bias + kv * s.k_bias + kv * s.v_bias + s.hidden * s.o_bias
-    return n + s.q_norm + s.k_norm
+    return n + s.q_norm + s.k_norm + s.heads * s.attn_sinks
 
 
 def expert_params(s: ModelShape) -> int:
-    """Parameters of ONE routed expert (SwiGLU, no biases in any supported model)."""
-    return _swiglu(s.hidden, s.expert_intermediate)
+    """Parameters of ONE routed expert (SwiGLU; gpt_oss adds gate_up and down biases)."""
+    return _swiglu(s.hidden, s.expert_intermediate, s.expert_bias)
 
 
 def count_params(config) -> ParamCount:
@@ -107,7 +121,7 @@ def count_params(config) -> ParamCount:
 
     emb = V * H
     attn = L * attention_params(s)
-    router = n_moe * H * E
+    router = n_moe * (H * E + (E if s.router_bias else 0))
     experts_total = n_moe * E * expert_params(s)
     experts_active = n_moe * k * expert_params(s)
     shared = n_moe * (_swiglu(H, s.shared_intermediate) + (H if s.shared_gate else 0))

@@ -1,0 +1,135 @@
+"""One adapter per MoE architecture: where its routers are, how to read them, how it routes.
+
+    >>> from moelab.arch import adapter_named
+    >>> a = adapter_named("deepseek_v3")
+    >>> a.scoring, a.name
+    ('sigmoid', 'deepseek_v3')
+
+Transformers 5.x builds every sparse MLP the same way: a router (`gate` or
+`router`) returns `(logits, weights, index)` and an experts module is called as
+`experts(hidden_states, top_k_index, top_k_weights)`. The canonical record is read
+from the experts module's *inputs* (a forward pre-hook), so it is what the experts
+actually consumed, even where a model edits the router's return before the experts
+see it; the router's own forward hook supplies only the optional raw logits.
+Architectures that route differently (Llama 4 scales the experts' input) set
+`record="router"` and read the router's return instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+
+class UnsupportedModelError(TypeError):
+    """The model has no router that moelab knows how to trace."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What moelab knows about one MoE architecture (see the module docstring)."""
+
+    name: str                        # architecture family, e.g. "mixtral"
+    model_types: tuple[str, ...]     # config.model_type values it covers
+    router_classes: tuple[str, ...]  # class names of the router modules
+    experts_attr: str                # config attribute holding E (routed experts)
+    top_k_attr: str = "num_experts_per_tok"
+    renormalised: str | bool = True  # bool, or the config attribute that says so
+    scoring: str = "softmax"         # softmax | sigmoid | softmax_topk (softmax over the k chosen) | sparsemixer
+    record: str = "experts"          # "experts": read the experts module's inputs; "router": its return
+    logits_at: int = 0               # position of the raw logits in the router's returned tuple
+    shared_attr: str | int | None = None  # config attribute: number (or width) of always-on shared experts; or a count
+    shared_is_width: bool = False    # shared_attr holds a width (qwen2_moe): one shared expert if > 0
+    scaling_attr: str | None = None  # config attribute of a factor the weights are multiplied by
+    group_attrs: tuple[str, str] | None = None  # (number of groups, groups kept per token)
+    selection_bias: bool = False     # a bias added to the scores for selection only (DeepSeek-V3)
+    shape: Callable | None = field(default=None, compare=False, repr=False)  # config -> ModelShape
+    min_transformers: str = "5.0"    # first version with this architecture's 5.x router
+
+    def num_experts(self, config) -> int:
+        for attr in (self.experts_attr, "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"):
+            if isinstance(getattr(config, attr, None), int):
+                return int(getattr(config, attr))
+        return int(_need(config, self.experts_attr, self.name))
+
+    def top_k(self, config) -> int:
+        return int(_need(config, self.top_k_attr, self.name))
+
+    def is_renormalised(self, config) -> bool:
+        if isinstance(self.renormalised, bool):
+            return self.renormalised
+        return bool(getattr(config, self.renormalised, False))
+
+    def num_shared(self, config) -> int:
+        """Shared experts per MoE layer: they run for every token and are never routed load."""
+        if self.shared_attr is None:
+            return 0
+        if isinstance(self.shared_attr, int):
+            return self.shared_attr
+        v = getattr(config, self.shared_attr, 0) or 0
+        return int(v > 0) if self.shared_is_width else int(v)
+
+    def scaling(self, config) -> float:
+        return float(getattr(config, self.scaling_attr, 1.0) or 1.0) if self.scaling_attr else 1.0
+
+    def groups(self, config) -> tuple[int, int] | None:
+        if self.group_attrs is None:
+            return None
+        n, kept = (getattr(config, a, None) for a in self.group_attrs)
+        return (int(n), int(kept)) if n and kept and int(n) > 1 else None
+
+    def routing_meta(self, config) -> dict:
+        """How this architecture routes, for the trace's metadata."""
+        return {"scoring": self.scoring, "renormalised": self.is_renormalised(config),
+                "groups": self.groups(config), "shared_experts": self.num_shared(config),
+                "routed_scaling": self.scaling(config), "selection_bias": self.selection_bias,
+                "weights_multiply": "input" if self.record == "router" else "output"}
+
+
+def _need(config, attr: str, arch: str):
+    v = getattr(config, attr, None)
+    if v is None:
+        raise UnsupportedModelError(f"{type(config).__name__} has no {attr!r}, which the {arch!r} adapter reads "
+                                    "for the number of experts / choices; pass the model's own config")
+    return v
+
+
+@dataclass
+class Router:
+    name: str          # "layers.{i}.router": the hook name used everywhere in moelab
+    path: str          # the router module's own path, e.g. "model.layers.0.mlp.gate"
+    layer: int         # decoder-layer index i (the model's own, also in hybrid models)
+    module: nn.Module  # the router (returns the logits)
+    experts: nn.Module | None = None  # the experts module whose inputs are the canonical record
+    experts_path: str = ""
+
+
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def layer_of(path: str) -> int:
+    m = _LAYER_RE.search("." + path)
+    if m is None:
+        raise UnsupportedModelError(f"router at {path!r} is not inside a `layers.<i>` module list")
+    return int(m.group(1))
+
+
+def experts_sibling(model: nn.Module, path: str) -> tuple[str, nn.Module | None]:
+    """The `experts` module next to the router at `path` (same parent), or ("", None)."""
+    parent_path = path.rpartition(".")[0]
+    parent = model.get_submodule(parent_path) if parent_path else model
+    ex = getattr(parent, "experts", None)
+    return (f"{parent_path}.experts" if parent_path else "experts", ex) if isinstance(ex, nn.Module) else ("", None)
+
+
+def experts_arguments(experts: nn.Module) -> tuple[str, str]:
+    """Names of the (index, weights) parameters of an experts module's forward."""
+    params = list(inspect.signature(type(experts).forward).parameters)[1:]
+    if len(params) < 3:
+        raise UnsupportedModelError(f"{type(experts).__name__}.forward{tuple(params)} takes no (index, weights); "
+                                    "set record='router' in its adapter")
+    return params[1], params[2]

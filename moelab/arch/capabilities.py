@@ -1,0 +1,227 @@
+"""The registry sweep: every MoE model type in the installed transformers, traced or listed with a reason.
+
+    >>> from moelab.arch.capabilities import moe_model_types
+    >>> "mixtral" in moe_model_types()            # doctest: +SKIP
+    True
+
+`check_architecture(model_type)` builds a tiny random model offline and proves parity:
+the recorded experts / weights equal what a separate, check-only hook on each experts
+module received (Llama 4: the experts' scaled input), and the model's logits are bitwise
+the same with and without tracing for each experts implementation it offers.
+`sweep()` runs it for every MoE type; `write_capabilities()` renders docs/capabilities.md
+(`python -m moelab.arch.capabilities`), so the matrix is generated, never typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .registry import ADAPTERS, UNSUPPORTED
+from .tiny import is_moe_config, tiny_config
+
+IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
+
+
+@dataclass
+class Capability:
+    model_type: str
+    traced: bool = False
+    parity: bool = False
+    shared_experts: int = 0
+    logits: bool = False
+    compute: bool = False
+    implementations: tuple = ()
+    layers: tuple = ()            # the model's own ids of its MoE layers
+    reason: str = ""
+    notes: list = field(default_factory=list)
+
+
+def causal_lm_types() -> list[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def moe_model_types() -> list[str]:
+    """Causal-LM model types whose default config declares routed experts (plus the registry's own)."""
+    from transformers import AutoConfig
+
+    out = set()
+    for mt in causal_lm_types():
+        try:
+            if is_moe_config(AutoConfig.for_model(mt)):
+                out.add(mt)
+        except Exception:  # noqa: BLE001 - a config that cannot be built by default is not swept
+            continue
+    covered = {mt for a in ADAPTERS for mt in a.model_types}
+    return sorted(out | (covered & set(causal_lm_types())) | (set(UNSUPPORTED) & set(causal_lm_types())))
+
+
+def adapter_model_types() -> dict[str, str]:
+    return {mt: a.name for a in ADAPTERS for mt in a.model_types}
+
+
+def build_tiny(model_type: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
+
+
+def _experts_inputs_hook(model):
+    """Check-only: what every experts module received, by its layer id (independent of the tracer)."""
+    from .base import experts_arguments, layer_of
+
+    got, handles = {}, []
+    for path, m in model.named_modules():
+        if path.endswith(".experts") and "layers." in path:
+            def pre(mod, args, kwargs, path=path):
+                got[layer_of(path)] = (tuple(a.clone() if torch.is_tensor(a) else a for a in args),
+                                       {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}, mod)
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+    return got, handles
+
+
+def _parity(model, adapter, ids) -> list[str]:
+    """Differences between the trace and what the experts received (empty = parity)."""
+    import moelab
+
+    from .base import experts_arguments
+
+    from .base import layer_of
+
+    got, handles = _experts_inputs_hook(model)
+    blocks = {}  # each sparse block's input, to read Llama 4's weights off the experts' scaled input
+    for path, m in model.named_modules():
+        if path.endswith(".experts") and "layers." in path:
+            block = model.get_submodule(path.rpartition(".")[0])
+            handles.append(block.register_forward_pre_hook(
+                lambda mod, args, layer=layer_of(path): blocks.__setitem__(
+                    layer, args[0].reshape(-1, args[0].shape[-1]).clone())))
+    try:
+        with moelab.trace(model) as tr, torch.no_grad():
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    errors = []
+    if sorted(got) != tr.layer_ids.tolist():
+        return [f"layers traced {tr.layer_ids.tolist()} but experts ran on {sorted(got)}"]
+    for j, layer in enumerate(tr.layer_ids.tolist()):
+        args, kwargs, mod = got[layer]
+        if adapter.record == "experts":
+            names = experts_arguments(mod)
+            index = kwargs.get(names[0], args[1] if len(args) > 1 else None)
+            weights = kwargs.get(names[1], args[2] if len(args) > 2 else None)
+            if not np.array_equal(tr.experts[:, j], index.numpy()):
+                errors.append(f"layer {layer}: experts differ")
+            if not np.array_equal(tr.weights[:, j], weights.float().numpy()):
+                errors.append(f"layer {layer}: weights differ")
+        else:  # Llama 4: row e*T + t of the experts' input is hidden[t] * weight(t, e), zero off the choice
+            routed = args[0]
+            hidden = blocks[layer]
+            T, E = hidden.shape[0], tr.num_experts
+            scale = torch.zeros(E, T, dtype=hidden.dtype)
+            for r in range(tr.top_k):
+                scale[torch.from_numpy(tr.experts[:, j, r].astype(np.int64)), torch.arange(T)] = \
+                    torch.from_numpy(tr.weights[:, j, r]).to(hidden.dtype)
+            expect = hidden.repeat(E, 1) * scale.reshape(-1, 1)
+            if not torch.equal(expect, routed):
+                errors.append(f"layer {layer}: the experts' scaled input differs from hidden * recorded weights")
+    return errors
+
+
+def check_architecture(model_type: str, *, implementations=IMPLEMENTATIONS) -> Capability:
+    """Build, trace and check one covered model type (see the module docstring)."""
+    import moelab
+
+    from .config_shape import SUPPORTED_MODEL_TYPES
+    from .find import adapter_for, model_config
+
+    cap = Capability(model_type)
+    model = build_tiny(model_type)
+    adapter = adapter_for(model)
+    cfg = model_config(model)
+    cap.shared_experts = adapter.num_shared(cfg)
+    ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    errors = _parity(model, adapter, ids)
+    cap.traced = True
+    cap.parity = not errors
+    cap.notes += errors
+    with moelab.trace(model, logits=True) as tr, torch.no_grad():
+        model(ids)
+    cap.logits = tr.logits is not None and bool(np.isfinite(tr.logits).all())
+    cap.layers = tuple(tr.layer_ids.tolist())
+    ok_impls = []
+    for impl in implementations:
+        try:
+            model.set_experts_implementation(impl)
+        except Exception:  # noqa: BLE001 - this architecture does not offer it
+            continue
+        with torch.no_grad():
+            plain = model(ids).logits
+            with moelab.trace(model, logits=True):
+                traced = model(ids).logits
+        if torch.equal(plain, traced):
+            ok_impls.append(impl)
+        else:
+            cap.parity = False
+            cap.notes.append(f"{impl}: logits changed under tracing")
+    cap.implementations = tuple(ok_impls)
+    if model_type in SUPPORTED_MODEL_TYPES:
+        from ..compute import count_params
+
+        cap.compute = count_params(model.config).total == sum(p.numel() for p in model.parameters())
+    return cap
+
+
+def sweep(model_types=None) -> list[Capability]:
+    """One Capability per MoE model type: checked when covered, with the reason when not."""
+    covered = adapter_model_types()
+    out = []
+    for mt in model_types or moe_model_types():
+        if mt in covered:
+            try:
+                out.append(check_architecture(mt))
+            except Exception as e:  # noqa: BLE001 - reported in the matrix and failed by the test
+                out.append(Capability(mt, reason=f"FAILED: {type(e).__name__}: {str(e)[:200]}"))
+        else:
+            out.append(Capability(mt, reason=UNSUPPORTED.get(mt, "UNKNOWN: an MoE model type with no adapter and no "
+                                                                   "reason in moelab.arch.registry.UNSUPPORTED")))
+    return out
+
+
+def capability_markdown(caps: list[Capability]) -> str:
+    import transformers
+
+    yes = lambda b: "yes" if b else "no"  # noqa: E731
+    lines = ["# Capability matrix", "",
+             f"Generated by `python -m moelab.arch.capabilities` against transformers {transformers.__version__} "
+             "(tiny random configs, built offline). Do not edit by hand.", "",
+             "| model type | traced | parity | shared experts | logits | compute accounting | experts implementations "
+             "| MoE layer ids |", "|---|---|---|---|---|---|---|---|"]
+    for c in caps:
+        if c.traced:
+            lines.append(f"| {c.model_type} | yes | {yes(c.parity)} | {c.shared_experts} | {yes(c.logits)} | "
+                         f"{yes(c.compute)} | {', '.join(c.implementations)} | {', '.join(map(str, c.layers))} |")
+    lines += ["", "## Not traced", "", "| model type | reason |", "|---|---|"]
+    lines += [f"| {c.model_type} | {c.reason} |" for c in caps if not c.traced]
+    return "\n".join(lines) + "\n"
+
+
+def write_capabilities(path="docs/capabilities.md", model_types=None) -> list[Capability]:
+    from pathlib import Path
+
+    caps = sweep(model_types)
+    Path(path).write_text(capability_markdown(caps))
+    return caps
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    for c in write_capabilities(*(sys.argv[1:2] or ["docs/capabilities.md"])):
+        print(c.model_type, "traced" if c.traced else "-", "parity" if c.parity else "", c.reason, *c.notes)

@@ -1,0 +1,126 @@
+"""The registry: one `Adapter` per MoE architecture, and which model types are not covered (with why).
+
+    >>> from moelab.arch.registry import ADAPTERS, UNSUPPORTED
+    >>> [a.name for a in ADAPTERS][:5]
+    ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'phimoe']
+    >>> "jetmoe" in UNSUPPORTED
+    True
+
+Adding an architecture = one `Adapter(...)` here (its shape reader in `moelab.arch.shape`
+when `moelab.compute` should count it) plus nothing else: the registry sweep
+(tests/test_arch_sweep.py) builds a tiny random config of every MoE model type in the
+installed transformers and checks parity with what its experts module received.
+Scoring names: softmax (over all E), sigmoid, softmax_topk (softmax over the k chosen
+logits, so the weights sum to 1), sparsemixer (PhiMoE).
+"""
+
+from __future__ import annotations
+
+from . import shapes as S
+from .base import Adapter
+
+A = Adapter
+_DS = dict(scoring="sigmoid", renormalised="norm_topk_prob", shared_attr="n_shared_experts",
+           scaling_attr="routed_scaling_factor", group_attrs=("n_group", "topk_group"), selection_bias=True)
+
+ADAPTERS: tuple[Adapter, ...] = (
+    A("mixtral", ("mixtral",), ("MixtralTopKRouter",), "num_local_experts", shape=S.mixtral_shape),
+    A("qwen2_moe", ("qwen2_moe",), ("Qwen2MoeTopKRouter",), "num_experts", renormalised="norm_topk_prob",
+      shared_attr="shared_expert_intermediate_size", shared_is_width=True, shape=S.qwen2_moe_shape),
+    A("qwen3_moe", ("qwen3_moe",), ("Qwen3MoeTopKRouter",), "num_experts", renormalised="norm_topk_prob", shape=S.qwen3_moe_shape),
+    A("olmoe", ("olmoe",), ("OlmoeTopKRouter",), "num_experts", renormalised="norm_topk_prob", shape=S.olmoe_shape),
+    A("phimoe", ("phimoe",), ("PhimoeTopKRouter",), "num_local_experts", renormalised=False, scoring="sparsemixer", shape=S.mixtral_shape),
+    A("deepseek_v3", ("deepseek_v3",), ("DeepseekV3TopkRouter",), "n_routed_experts", shape=S.deepseek_v3_shape, **_DS),
+    A("deepseek_v2", ("deepseek_v2",), ("DeepseekV2TopkRouter",), "n_routed_experts", renormalised="norm_topk_prob",
+      shared_attr="n_shared_experts", scaling_attr="routed_scaling_factor", group_attrs=("n_group", "topk_group")),
+    A("glm4_moe", ("glm4_moe", "sarvam_moe"), ("Glm4MoeTopkRouter",), "n_routed_experts", **_DS),
+    A("dots1", ("dots1",), ("Dots1TopkRouter",), "n_routed_experts", **_DS),
+    A("gpt_oss", ("gpt_oss",), ("GptOssTopKRouter",), "num_local_experts", scoring="softmax_topk",
+      shape=S.gpt_oss_shape),
+    A("llama4", ("llama4_text", "llama4"), ("Llama4Router",), "num_local_experts", renormalised=False,
+      scoring="sigmoid", record="router", logits_at=1, shared_attr=1, shape=S.llama4_shape),
+    A("qwen3_next", ("qwen3_next",), ("Qwen3NextTopKRouter",), "num_experts", renormalised="norm_topk_prob",
+      shared_attr="shared_expert_intermediate_size", shared_is_width=True),
+    A("jamba", ("jamba",), ("JambaTopKRouter",), "num_experts", renormalised=False),
+    A("granitemoe", ("granitemoe",), ("GraniteMoeTopKRouter",), "num_local_experts", scoring="softmax_topk"),
+    A("granitemoeshared", ("granitemoeshared",), ("GraniteMoeSharedTopKRouter",), "num_local_experts",
+      scoring="softmax_topk", shared_attr="shared_intermediate_size", shared_is_width=True),
+    A("granitemoehybrid", ("granitemoehybrid",), ("GraniteMoeHybridTopKRouter",), "num_local_experts",
+      scoring="softmax_topk", shared_attr="shared_intermediate_size", shared_is_width=True),
+    A("minimax", ("minimax",), ("MiniMaxTopKRouter",), "num_local_experts"),
+    A("ernie4_5_moe", ("ernie4_5_moe",), ("Ernie4_5_MoeTopKRouter",), "moe_num_experts", top_k_attr="moe_k",
+      selection_bias=True, shared_attr="moe_num_shared_experts"),
+    A("hunyuan_v1_moe", ("hunyuan_v1_moe",), ("HunYuanMoEV1Gate",), "num_experts", top_k_attr="moe_topk",
+      shared_attr="use_mixed_mlp_moe"),
+    A("flex_olmo", ("flex_olmo",), ("FlexOlmoTopKRouter",), "num_experts", renormalised="norm_topk_prob"),
+    A("dbrx", ("dbrx",), ("DbrxRouter",), "moe_num_experts", top_k_attr="moe_top_k",
+      renormalised="moe_normalize_expert_weights"),
+    # newer families: the standard 5.x (logits, weights, index) router and experts(hidden, index, weights)
+    A("afmoe", ("afmoe",), ("AfmoeTokenChoiceRouter",), "num_experts", scoring="sigmoid",
+      shared_attr="num_shared_experts", scaling_attr="route_scale"),
+    A("aria", ("aria_text",), ("AriaTextTopKRouter",), "moe_num_experts", top_k_attr="moe_topk",
+      shared_attr="moe_num_shared_experts"),
+    A("beam", ("beam",), ("BeamTopKRouter",), "n_routed_experts", **_DS),
+    A("cohere2_moe", ("cohere2_moe",), ("Cohere2MoeTopKRouter",), "num_experts", scoring="config-dependent",
+      renormalised="norm_topk_prob"),
+    A("exaone_moe", ("exaone_moe",), ("ExaoneMoeTopkRouter",), "num_experts", **_DS),
+    A("flint", ("flint",), ("FlintTopKRouter",), "num_experts", scoring="sigmoid", renormalised="norm_topk_prob"),
+    A("glm4_moe_lite", ("glm4_moe_lite",), ("Glm4MoeLiteTopkRouter",), "n_routed_experts", **_DS),
+    A("granitemoe_swa", ("granitemoe_swa",), ("GraniteMoeSWATopKRouter",), "num_local_experts",
+      scoring="softmax_topk"),
+    A("hy_v3", ("hy_v3",), ("HYV3TopKRouter",), "num_experts", scoring="sigmoid", selection_bias=True),
+    A("kolibri1", ("kolibri1",), ("Kolibri1TopKRouter",), "num_experts", scoring="sigmoid", selection_bias=True,
+      renormalised="norm_topk_prob"),
+    A("laguna", ("laguna",), ("LagunaTopKRouter",), "num_experts", scoring="config-dependent", selection_bias=True),
+    A("lara_mini", ("lara_mini",), ("LaraMiniTopKRouter",), "num_experts", renormalised="norm_topk_prob"),
+    A("mellum", ("mellum",), ("MellumTopKRouter",), "num_experts", renormalised="norm_topk_prob"),
+    A("mimo_v2_flash", ("mimo_v2_flash",), ("MiMoV2FlashTopkRouter",), "n_routed_experts", **_DS),
+    A("minimax_m2", ("minimax_m2",), ("MiniMaxM2TopKRouter",), "num_local_experts", scoring="sigmoid",
+      selection_bias=True),
+    A("minimax_m3_vl", ("minimax_m3_vl_text",), ("MiniMaxM3VLTopKRouter",), "num_local_experts",
+      scoring="config-dependent", selection_bias=True),
+    A("nemotron_h", ("nemotron_h",), ("NemotronHTopkRouter",), "n_routed_experts", **_DS),
+    A("solar_open", ("solar_open",), ("SolarOpenTopkRouter",), "n_routed_experts", **_DS),
+    A("lfm2_moe", ("lfm2_moe",), ("Lfm2MoeTopKRouter",), "num_experts", scoring="sigmoid",
+      renormalised="norm_topk_prob", scaling_attr="routed_scaling_factor"),
+)
+
+# model types with MoE layers that moelab does not trace, and why (the sweep and docs/capabilities.md read this)
+UNSUPPORTED: dict[str, str] = {
+    "jetmoe": "mixture-of-attention experts (JetMoeMoA) take sorted token batches, not (index, weights)",
+    "longcat_flash": "zero-computation experts: ids past the routed experts are identity maps, not experts",
+    "deepseek_v4": "hash routing (DeepseekV4HashRouter) chooses experts from token ids, not from scores",
+    "nllb_moe": "encoder-decoder (translation), not a decoder-only causal LM",
+    "switch_transformers": "encoder-decoder (T5 family), not a decoder-only causal LM",
+    "axk1": "DeepSeek-style MLA model; no adapter yet: not verified by the sweep",
+    "axk2": "DeepSeek-style MLA model; no adapter yet: not verified by the sweep",
+    "deepseek_v32": "DeepSeek-V3.2 sparse attention (DSA) with an indexer; no adapter yet: not verified by the sweep",
+    "glm_moe_dsa": "GLM MoE with DeepSeek sparse attention; no adapter yet: not verified by the sweep",
+    "sarvam_mla": "MLA variant; no adapter yet: not verified by the sweep",
+    "bailing_hybrid": "hybrid linear-attention MoE; its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
+    "dots3_note": "multimodal wrapper (vision + text); no adapter yet: not verified by the sweep",
+    "dots3_note_text": "its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
+    "hy_v4": "its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
+    "kimi_linear": "hybrid linear-attention MoE; its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
+    "doge": "cross-domain MoE retrieves experts by product keys: no (router, experts) pair to hook",
+    "inkling_text": "its default config stays above 3M parameters after shrinking; no adapter yet: not verified by the sweep",
+    "inkling2_text": "its default config stays above 3M parameters after shrinking; no adapter yet: not verified by the sweep",
+    "inkling2_loop_text": "looped layers reuse one MoE block per step (layer ids are not unique); no adapter yet: not verified by the sweep",
+    "qwen3_5_moe": "multimodal wrapper of qwen3_5_moe_text; no adapter yet: not verified by the sweep",
+    "qwen3_5_moe_text": "hybrid linear-attention MoE; its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
+    "qwen4_exp": "multimodal wrapper; no adapter yet: not verified by the sweep",
+    "qwen4_exp_text": "its tiny config does not build offline from defaults (head dims unset); no adapter yet: not verified by the sweep",
+    "zaya": "ZayaRouter returns a different structure; no adapter yet: not verified by the sweep",
+}
+
+
+def adapter_named(name: str) -> Adapter:
+    """The adapter called `name` (an architecture family); a clear error listing the names otherwise."""
+    for a in ADAPTERS:
+        if a.name == name or name in a.model_types:
+            return a
+    raise KeyError(f"no moelab adapter named {name!r}; known: {', '.join(a.name for a in ADAPTERS)}")
+
+
+def supported_architectures() -> list[str]:
+    return [a.name for a in ADAPTERS]

@@ -1,0 +1,206 @@
+"""
+The architecture numbers that compute accounting needs, read from a transformers config.
+
+Every accounting function in `moelab.compute` (params, FLOPs, memory, roofline) works on a
+`ModelShape`: a flat record of the few integers that decide the cost of a decoder-only
+transformer with (optionally) Mixture-of-Experts MLPs. `model_shape(config)` reads one from a
+transformers config object or a plain dict (with a "model_type" key), so the accounting never
+touches a model's weights.
+
+Each MoE adapter in `moelab.arch.registry` names its reader below (`Adapter.shape`); the dense
+readers (mistral, llama) are in `DENSE_READERS`. What each adds to the plain Llama/Mistral block:
+    mistral, llama   dense SwiGLU MLP (llama: optional attention/MLP biases)
+    mixtral          E experts, top-k softmax router                       (arXiv:2401.04088)
+    phimoe           Mixtral + LayerNorm with bias, optional attention / lm_head biases
+    qwen2_moe        fine-grained experts + 1 shared expert with a sigmoid gate, qkv biases,
+                     dense layers via `mlp_only_layers` / `decoder_sparse_step`
+    qwen3_moe        fine-grained experts, per-head q/k RMSNorm, same sparse-layer rule
+    olmoe            fine-grained experts, q/k RMSNorm over the full projection (arXiv:2409.02060)
+
+References: the modeling_*.py files of transformers 5.x (the parameter shapes here are the
+ones those modules create; tests check the sum against `model.parameters()`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The integers that decide parameter counts, FLOPs and bytes of a decoder-only LM.
+
+    >>> from moelab.compute import model_shape, mixtral_8x7b_config
+    >>> s = model_shape(mixtral_8x7b_config())
+    >>> (s.hidden, s.num_experts, s.top_k, s.num_moe_layers)
+    (4096, 8, 2, 32)
+    """
+
+    model_type: str
+    vocab: int  # V, rows of the embedding table
+    hidden: int  # H, residual stream width
+    layers: int  # L, decoder blocks
+    heads: int  # query heads
+    kv_heads: int  # key/value heads (GQA: kv_heads < heads)
+    head_dim: int  # per-head width
+    tied: bool  # lm_head shares the embedding matrix
+    # MoE MLP (num_experts == 0 means the model is dense)
+    num_experts: int = 0  # E routed experts per MoE layer
+    top_k: int = 0  # k experts per token
+    expert_intermediate: int = 0  # SwiGLU width of one routed expert
+    shared_intermediate: int = 0  # width of the always-on shared expert (qwen2_moe), 0 = none
+    shared_gate: bool = False  # sigmoid gate Linear(H, 1) on the shared expert (qwen2_moe)
+    dense_intermediate: int = 0  # SwiGLU width of the MLP in dense layers
+    moe_layer: tuple[bool, ...] = field(default=())  # per layer: MoE MLP (True) or dense MLP
+    # biases and norms
+    q_bias: bool = False
+    k_bias: bool = False
+    v_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False  # dense MLP biases (llama mlp_bias)
+    q_norm: int = 0  # weights of the q normalisation per layer (0 = none)
+    k_norm: int = 0  # weights of the k normalisation per layer
+    norm_bias: bool = False  # LayerNorm (weight + bias) instead of RMSNorm (weight)
+    lm_head_bias: bool = False
+    sliding_window: int | None = None  # attention window (None = full causal attention)
+    # newer families (DeepSeek-V3, GPT-OSS, Llama 4)
+    num_shared: int = 0  # shared experts per MoE layer (their total width is shared_intermediate)
+    router_bias: bool = False  # Linear(H, E) router with a bias (gpt_oss)
+    expert_bias: bool = False  # routed experts with gate_up / down biases (gpt_oss)
+    attn_sinks: bool = False  # one learned sink logit per head per layer (gpt_oss)
+    mla: tuple[int, int, int, int, int] | None = None  # (q_lora_rank or 0, kv_lora_rank, qk_nope, qk_rope, v_dim)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0 and any(self.moe_layer)
+
+    @property
+    def num_moe_layers(self) -> int:
+        return sum(self.moe_layer)
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.layers - self.num_moe_layers
+
+
+def _head_dim(c) -> int:
+    hd = getattr(c, "head_dim", None)
+    return int(hd) if hd else c.hidden_size // c.num_attention_heads
+
+
+def _window(c) -> int | None:
+    if getattr(c, "use_sliding_window", True) is False:  # qwen*: the field exists but is off
+        return None
+    return getattr(c, "sliding_window", None) or None
+
+
+def _sparse_layers(c, num_experts: int) -> tuple[bool, ...]:
+    # qwen2_moe / qwen3_moe rule (modeling_qwen*_moe.py, DecoderLayer.__init__)
+    only = set(getattr(c, "mlp_only_layers", None) or [])
+    step = getattr(c, "decoder_sparse_step", 1) or 1
+    return tuple(
+        (i not in only) and num_experts > 0 and (i + 1) % step == 0 for i in range(c.num_hidden_layers)
+    )
+
+
+def _attn(c) -> dict:
+    ab = bool(getattr(c, "attention_bias", False))
+    return dict(q_bias=ab, k_bias=ab, v_bias=ab, o_bias=ab)
+
+
+def dense_shape(c, common: dict) -> ModelShape:
+    """mistral, llama: dense SwiGLU MLP (llama: optional attention/MLP biases)."""
+    return ModelShape(**common, dense_intermediate=c.intermediate_size, moe_layer=(False,) * c.num_hidden_layers,
+                      mlp_bias=bool(getattr(c, "mlp_bias", False)), **_attn(c))
+
+
+def mixtral_shape(c, common: dict) -> ModelShape:
+    """mixtral, phimoe: every layer MoE; phimoe adds LayerNorm biases and optional lm_head bias."""
+    return ModelShape(
+        **common, num_experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+        expert_intermediate=c.intermediate_size, moe_layer=(True,) * c.num_hidden_layers, **_attn(c),
+        norm_bias=(common["model_type"] == "phimoe"), lm_head_bias=bool(getattr(c, "lm_head_bias", False)),
+    )
+
+
+def olmoe_shape(c, common: dict) -> ModelShape:
+    return ModelShape(
+        **common, num_experts=c.num_experts, top_k=c.num_experts_per_tok,
+        expert_intermediate=c.intermediate_size, moe_layer=(True,) * c.num_hidden_layers, **_attn(c),
+        q_norm=c.hidden_size, k_norm=(c.hidden_size // c.num_attention_heads) * common["kv_heads"],
+    )
+
+
+def qwen2_moe_shape(c, common: dict) -> ModelShape:
+    qb = bool(getattr(c, "qkv_bias", True))
+    return ModelShape(
+        **common, num_experts=c.num_experts, top_k=c.num_experts_per_tok, expert_intermediate=c.moe_intermediate_size,
+        shared_intermediate=c.shared_expert_intermediate_size, shared_gate=True,
+        dense_intermediate=c.intermediate_size, moe_layer=_sparse_layers(c, c.num_experts),
+        q_bias=qb, k_bias=qb, v_bias=qb,
+    )
+
+
+def qwen3_moe_shape(c, common: dict) -> ModelShape:
+    hd = common["head_dim"]
+    return ModelShape(
+        **common, num_experts=c.num_experts, top_k=c.num_experts_per_tok, expert_intermediate=c.moe_intermediate_size,
+        dense_intermediate=c.intermediate_size, moe_layer=_sparse_layers(c, c.num_experts), **_attn(c),
+        q_norm=hd, k_norm=hd,
+    )
+
+
+def deepseek_v3_shape(c, common: dict) -> ModelShape:
+    """MLA attention, first `first_k_dense_replace` layers dense, `n_shared_experts` shared experts (arXiv:2412.19437)."""
+    L, dense = c.num_hidden_layers, int(c.first_k_dense_replace or 0)
+    heads = common["heads"]
+    common = {**common, "kv_heads": heads, "head_dim": c.qk_nope_head_dim + c.qk_rope_head_dim}
+    ab = bool(getattr(c, "attention_bias", False))
+    return ModelShape(
+        **common, num_experts=c.n_routed_experts, top_k=c.num_experts_per_tok,
+        expert_intermediate=c.moe_intermediate_size, num_shared=int(c.n_shared_experts or 0),
+        shared_intermediate=c.moe_intermediate_size * int(c.n_shared_experts or 0),
+        dense_intermediate=c.intermediate_size, moe_layer=tuple(i >= dense for i in range(L)),
+        q_bias=ab, k_bias=ab, o_bias=ab,
+        mla=(int(c.q_lora_rank or 0), c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim),
+    )
+
+
+def gpt_oss_shape(c, common: dict) -> ModelShape:
+    """Biased attention with sinks, biased router and experts, softmax over the top-k."""
+    ab = bool(getattr(c, "attention_bias", True))
+    return ModelShape(
+        **{**common, "sliding_window": None}, num_experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+        expert_intermediate=c.intermediate_size, moe_layer=(True,) * c.num_hidden_layers,
+        q_bias=ab, k_bias=ab, v_bias=ab, o_bias=ab, router_bias=True, expert_bias=True, attn_sinks=True,
+    )
+
+
+def llama4_shape(c, common: dict) -> ModelShape:
+    """MoE on `config.moe_layers` with one shared expert; dense layers use `intermediate_size_mlp`."""
+    moe = set(c.moe_layers)
+    ab = bool(getattr(c, "attention_bias", False))
+    return ModelShape(
+        **{**common, "sliding_window": None}, num_experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+        expert_intermediate=c.intermediate_size, num_shared=1, shared_intermediate=c.intermediate_size,
+        dense_intermediate=c.intermediate_size_mlp, moe_layer=tuple(i in moe for i in range(c.num_hidden_layers)),
+        q_bias=ab, k_bias=ab, v_bias=ab, o_bias=ab,
+    )
+
+
+DENSE_READERS = {"mistral": dense_shape, "llama": dense_shape}
+
+
+def common_fields(c, model_type: str) -> dict:
+    """The fields every decoder-only config has; a clear error naming a missing one."""
+    for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+        if getattr(c, f, None) is None:
+            raise ValueError(f"{type(c).__name__} (model_type={model_type!r}) has no {f!r}; moelab.compute needs it "
+                             f"to count parameters. Set config.{f} (e.g. from the model's config.json).")
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return dict(
+        model_type=model_type, vocab=c.vocab_size, hidden=c.hidden_size, layers=c.num_hidden_layers,
+        heads=c.num_attention_heads, kv_heads=kv, head_dim=_head_dim(c),
+        tied=bool(getattr(c, "tie_word_embeddings", False)), sliding_window=_window(c),
+    )

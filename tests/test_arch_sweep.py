@@ -1,0 +1,122 @@
+"""The registry sweep: every MoE model type in transformers is traced with parity, or listed with a reason."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import VOCAB, tiny_dense, tiny_mixtral
+
+import moelab
+from moelab.arch import ADAPTERS, UNSUPPORTED, find_routers
+from moelab.arch.capabilities import (adapter_model_types, build_tiny, capability_markdown, check_architecture,
+                                      moe_model_types, sweep)
+from moelab.tracer import TracingError
+
+COVERED = sorted(adapter_model_types())
+FAST = ["mixtral", "deepseek_v3", "gpt_oss", "llama4_text"]   # one per routing family; the rest run in the full suite
+
+
+def _available(mt):
+    from transformers import CONFIG_MAPPING
+
+    if mt not in CONFIG_MAPPING:
+        pytest.skip(f"{mt} is not in this transformers version")
+
+
+def test_every_moe_model_type_is_traced_or_listed_with_a_reason():
+    unknown = [mt for mt in moe_model_types() if mt not in adapter_model_types() and mt not in UNSUPPORTED]
+    assert not unknown, f"MoE model types with neither an adapter nor a reason in UNSUPPORTED: {unknown}"
+
+
+def test_an_unknown_moe_type_is_reported_never_passed_silently():
+    (cap,) = sweep(["some_future_moe"])
+    assert not cap.traced and cap.reason.startswith("UNKNOWN")
+
+
+@pytest.mark.parametrize("model_type", [pytest.param(mt, marks=() if mt in FAST else pytest.mark.slow)
+                                        for mt in COVERED if mt != "llama4"])   # llama4 is the multimodal wrapper
+def test_recorded_experts_and_weights_equal_what_the_experts_module_received(model_type):
+    _available(model_type)
+    cap = check_architecture(model_type)
+    assert cap.traced and cap.parity, cap.notes
+    assert cap.logits and cap.implementations      # logits bitwise unchanged for every implementation offered
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["jamba", "granitemoehybrid", "qwen3_next"])
+def test_hybrid_models_are_traced_on_their_moe_layers_with_the_models_own_layer_ids(model_type):
+    _available(model_type)
+    model = build_tiny(model_type)
+    own = sorted({int(p.split("layers.")[1].split(".")[0]) for p, _ in model.named_modules()
+                  if p.endswith(".experts")})
+    with moelab.trace(model) as tr, torch.no_grad():
+        model(torch.randint(3, 100, (1, 5)))
+    assert tr.layer_ids.tolist() == own and 0 < len(own)
+
+
+def test_the_record_follows_the_experts_when_the_routers_return_is_edited_on_the_way(ids):
+    model = tiny_mixtral()
+    with moelab.trace(model) as tr:
+        router = find_routers(model)[0].module
+        handle = router.register_forward_hook(lambda m, i, o: (o[0], o[1], o[2].flip(-1)))   # swap rank 0 and 1
+        try:
+            seen = []
+            h2 = model.get_submodule(find_routers(model)[0].experts_path).register_forward_pre_hook(
+                lambda m, args: seen.append(args[1].clone()))
+            with torch.no_grad():
+                model(ids)
+        finally:
+            handle.remove()
+            h2.remove()
+    np.testing.assert_array_equal(tr.experts[:, 0], seen[0].numpy())
+
+
+def test_a_model_with_no_moe_layers_names_what_was_looked_for():
+    with pytest.raises(moelab.UnsupportedModelError, match="Looked for modules of the router classes MixtralTopKRouter"):
+        moelab.trace(tiny_dense())
+
+
+def test_an_unreadable_return_names_the_module_path_and_what_it_returned_and_records_nothing(ids):
+    """A future transformers that hands the experts float ids: an error, never a wrong record."""
+    model = tiny_mixtral()
+    gate, experts = model.model.layers[0].mlp.gate, model.model.layers[0].mlp.experts
+    original = type(experts).forward
+    experts.forward = lambda h, idx, w: original(experts, h, idx.long(), w)   # this "version" accepts float ids
+    h = gate.register_forward_hook(lambda m, i, o: (o[0], o[1], o[2].float()))
+    try:
+        with pytest.raises(TracingError, match=r"'model\.layers\.0\.mlp\.experts' received a tuple of "
+                                               r"\[Tensor\(18, 2\) float32, Tensor\(18, 2\) float32\]"):
+            with moelab.trace(model) as tr, torch.no_grad():
+                model(ids)
+    finally:
+        h.remove()
+    assert tr.num_tokens == 0
+
+
+def test_capability_markdown_lists_the_uncovered_types_with_their_reasons():
+    text = capability_markdown(sweep(["jetmoe", "some_future_moe"]))
+    assert "| jetmoe | mixture-of-attention" in text and "| some_future_moe | UNKNOWN" in text
+
+
+def test_the_registry_has_one_adapter_per_name_and_no_model_type_twice():
+    names = [a.name for a in ADAPTERS]
+    types = [mt for a in ADAPTERS for mt in a.model_types]
+    assert len(set(names)) == len(names) and len(set(types)) == len(types)
+    assert not set(types) & set(UNSUPPORTED)
+
+
+def test_512_experts_and_top_16_trace_save_and_load_with_uint16_ids(tmp_path):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(Qwen3MoeConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, intermediate_size=32, moe_intermediate_size=4, num_experts=512, num_experts_per_tok=16)).eval()
+    with moelab.trace(model) as tr, torch.no_grad():
+        model(torch.randint(3, VOCAB, (2, 6)))
+    assert tr.experts.dtype == np.uint16 and tr.experts.shape == (12, 2, 16) and tr.experts.max() >= 256
+    tr.save(tmp_path / "t.parquet")
+    back = moelab.load_trace(tmp_path / "t.parquet")
+    assert back.experts.dtype == np.uint16 and np.array_equal(back.experts, tr.experts)
+    import pyarrow.parquet as pq
+
+    assert str(pq.read_schema(tmp_path / "t.parquet").field("experts").type.value_type) == "uint16"
