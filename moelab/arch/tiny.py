@@ -35,11 +35,15 @@ OVERRIDES: dict[str, dict] = {
     "llama4": dict(interleave_moe_layer_step=1, intermediate_size_mlp=64, no_rope_layers=[1, 1, 1, 0],
                    attention_chunk_size=64),
     "jamba": dict(num_experts=8, expert_layer_period=2, expert_layer_offset=1),
-    "granitemoehybrid": dict(layer_types=["mamba", "attention"] * 2, mamba_n_groups=1, mamba_chunk_size=16),
+    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"] * 2, mamba_n_groups=1,
+                             mamba_chunk_size=16),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention"] * 2, num_dense_layers=1),
+    "deepseek_v2": dict(num_experts_per_tok=2),
+    "dots1": dict(n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2),
     "gpt_oss": dict(layer_types=["sliding_attention", "full_attention"] * 2),
     "dbrx": dict(ffn_config={"ffn_hidden_size": 64, "moe_num_experts": 8, "moe_top_k": 2},
-                 attn_config={"kv_n_heads": 2}),
-    "hunyuan_v1_moe": dict(num_shared_expert=1, moe_topk=2, num_experts=8),
+                 attn_config={"kv_n_heads": 2, "rope_theta": 10000.0}),
+    "hunyuan_v1_moe": dict(num_shared_expert=1, moe_topk=2, num_experts=8, head_dim=16),
 }
 
 
@@ -60,7 +64,12 @@ def tiny_config(model_type: str):
         if name in SIZES and isinstance(value, int) and not isinstance(value, bool):
             _set(text, name, SIZES[name])
     for name, value in OVERRIDES.get(model_type, {}).items():
-        _set(text, name, value)
+        sub = getattr(text, name, None)
+        if isinstance(value, dict) and sub is not None and not isinstance(sub, dict):  # a sub-config object
+            for k, v in value.items():
+                _set(sub, k, v)
+        else:
+            _set(text, name, value)
     if getattr(text, "kv_lora_rank", None):  # MLA: the rotary part is the head_dim RoPE sees
         _set(text, "head_dim", text.qk_rope_head_dim)
         _set(text, "num_key_value_heads", text.num_attention_heads)

@@ -2,8 +2,8 @@
 
     >>> from moelab.compute import count_params
     >>> p = count_params(deepseek_v3_config())
-    >>> round(p.total / 1e9), round(p.active / 1e9)
-    (671, 37)
+    >>> round(p.total / 1e9), round(p.active / 1e9, 1)       # published: 671B / 37B
+    (671, 37.6)
 
 Each config is the model's published config.json, written as keyword arguments of
 its transformers config class; `PUBLISHED` holds the total / active counts the
