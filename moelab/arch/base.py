@@ -52,8 +52,8 @@ class Adapter:
 
     def num_experts(self, config) -> int:
         for attr in (self.experts_attr, "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"):
-            if isinstance(getattr(config, attr, None), int):
-                return int(getattr(config, attr))
+            if isinstance(_get(config, attr), int):
+                return int(_get(config, attr))
         return int(_need(config, self.experts_attr, self.name))
 
     def top_k(self, config) -> int:
@@ -62,7 +62,7 @@ class Adapter:
     def is_renormalised(self, config) -> bool:
         if isinstance(self.renormalised, bool):
             return self.renormalised
-        return bool(getattr(config, self.renormalised, False))
+        return bool(_get(config, self.renormalised, False))
 
     def num_shared(self, config) -> int:
         """Shared experts per MoE layer: they run for every token and are never routed load."""
@@ -90,8 +90,16 @@ class Adapter:
                 "weights_multiply": "input" if self.record == "router" else "output"}
 
 
-def _need(config, attr: str, arch: str):
+def _get(config, attr: str, default=None):
+    """A config field, also from the `ffn_config` sub-config where DBRX keeps its MoE fields."""
     v = getattr(config, attr, None)
+    if v is None:
+        v = getattr(getattr(config, "ffn_config", None), attr, None)
+    return default if v is None else v
+
+
+def _need(config, attr: str, arch: str):
+    v = _get(config, attr)
     if v is None:
         raise UnsupportedModelError(f"{type(config).__name__} has no {attr!r}, which the {arch!r} adapter reads "
                                     "for the number of experts / choices; pass the model's own config")
@@ -108,13 +116,13 @@ class Router:
     experts_path: str = ""
 
 
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.")  # decoder-layer lists (dbrx: blocks)
 
 
 def layer_of(path: str) -> int:
     m = _LAYER_RE.search("." + path)
     if m is None:
-        raise UnsupportedModelError(f"router at {path!r} is not inside a `layers.<i>` module list")
+        raise UnsupportedModelError(f"router at {path!r} is not inside a `layers.<i>` (or `blocks.<i>`) module list")
     return int(m.group(1))
 
 

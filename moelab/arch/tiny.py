@@ -42,7 +42,7 @@ OVERRIDES: dict[str, dict] = {
     "dots1": dict(n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2),
     "gpt_oss": dict(layer_types=["sliding_attention", "full_attention"] * 2),
     "dbrx": dict(ffn_config={"ffn_hidden_size": 64, "moe_num_experts": 8, "moe_top_k": 2},
-                 attn_config={"kv_n_heads": 2, "rope_theta": 10000.0}),
+                 attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0}),
     "hunyuan_v1_moe": dict(num_shared_expert=1, moe_topk=2, num_experts=8, head_dim=16),
 }
 
