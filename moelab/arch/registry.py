@@ -27,9 +27,11 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("mixtral", ("mixtral",), ("MixtralTopKRouter",), "num_local_experts", shape=S.mixtral_shape),
     A("qwen2_moe", ("qwen2_moe",), ("Qwen2MoeTopKRouter",), "num_experts", renormalised="norm_topk_prob",
       shared_attr="shared_expert_intermediate_size", shared_is_width=True, shape=S.qwen2_moe_shape),
-    A("qwen3_moe", ("qwen3_moe",), ("Qwen3MoeTopKRouter",), "num_experts", renormalised="norm_topk_prob", shape=S.qwen3_moe_shape),
+    A("qwen3_moe", ("qwen3_moe",), ("Qwen3MoeTopKRouter",), "num_experts", renormalised="norm_topk_prob",
+      shape=S.qwen3_moe_shape),
     A("olmoe", ("olmoe",), ("OlmoeTopKRouter",), "num_experts", renormalised="norm_topk_prob", shape=S.olmoe_shape),
-    A("phimoe", ("phimoe",), ("PhimoeTopKRouter",), "num_local_experts", renormalised=False, scoring="sparsemixer", shape=S.mixtral_shape),
+    A("phimoe", ("phimoe",), ("PhimoeTopKRouter",), "num_local_experts", renormalised=False, scoring="sparsemixer",
+      shape=S.mixtral_shape),
     A("deepseek_v3", ("deepseek_v3",), ("DeepseekV3TopkRouter",), "n_routed_experts", shape=S.deepseek_v3_shape, **_DS),
     A("deepseek_v2", ("deepseek_v2",), ("DeepseekV2TopkRouter",), "n_routed_experts", renormalised="norm_topk_prob",
       shared_attr="n_shared_experts", scaling_attr="routed_scaling_factor", group_attrs=("n_group", "topk_group")),
@@ -97,19 +99,27 @@ UNSUPPORTED: dict[str, str] = {
     "deepseek_v32": "DeepSeek-V3.2 sparse attention (DSA) with an indexer; no adapter yet: not verified by the sweep",
     "glm_moe_dsa": "GLM MoE with DeepSeek sparse attention; no adapter yet: not verified by the sweep",
     "sarvam_mla": "MLA variant; no adapter yet: not verified by the sweep",
-    "bailing_hybrid": "hybrid linear-attention MoE; its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
+    "bailing_hybrid": ("hybrid linear-attention MoE; its tiny config does not build offline from defaults; no "
+                       "adapter yet: not verified by the sweep"),
     "dots3_note": "multimodal wrapper (vision + text); no adapter yet: not verified by the sweep",
-    "dots3_note_text": "its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
+    "dots3_note_text": ("its tiny config does not build offline from defaults; no adapter yet: not verified by "
+                        "the sweep"),
     "hy_v4": "its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
-    "kimi_linear": "hybrid linear-attention MoE; its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
+    "kimi_linear": ("hybrid linear-attention MoE; its tiny config does not build offline from defaults; no "
+                    "adapter yet: not verified by the sweep"),
     "doge": "cross-domain MoE retrieves experts by product keys: no (router, experts) pair to hook",
-    "inkling_text": "its default config stays above 3M parameters after shrinking; no adapter yet: not verified by the sweep",
-    "inkling2_text": "its default config stays above 3M parameters after shrinking; no adapter yet: not verified by the sweep",
-    "inkling2_loop_text": "looped layers reuse one MoE block per step (layer ids are not unique); no adapter yet: not verified by the sweep",
+    "inkling_text": ("its default config stays above 3M parameters after shrinking; no adapter yet: not "
+                     "verified by the sweep"),
+    "inkling2_text": ("its default config stays above 3M parameters after shrinking; no adapter yet: not "
+                      "verified by the sweep"),
+    "inkling2_loop_text": ("looped layers reuse one MoE block per step (layer ids are not unique); no adapter "
+                           "yet: not verified by the sweep"),
     "qwen3_5_moe": "multimodal wrapper of qwen3_5_moe_text; no adapter yet: not verified by the sweep",
-    "qwen3_5_moe_text": "hybrid linear-attention MoE; its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
+    "qwen3_5_moe_text": ("hybrid linear-attention MoE; its tiny config does not build offline from defaults; no "
+                         "adapter yet: not verified by the sweep"),
     "qwen4_exp": "multimodal wrapper; no adapter yet: not verified by the sweep",
-    "qwen4_exp_text": "its tiny config does not build offline from defaults (head dims unset); no adapter yet: not verified by the sweep",
+    "qwen4_exp_text": ("its tiny config does not build offline from defaults (head dims unset); no adapter yet: "
+                       "not verified by the sweep"),
     "zaya": "ZayaRouter returns a different structure; no adapter yet: not verified by the sweep",
 }
 
