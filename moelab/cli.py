@@ -20,7 +20,6 @@ every process takes every n-th batch and writes its own shard `rank-<r>/`.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -107,21 +106,20 @@ def _check_resume(out: Path, settings: dict) -> None:
 
 
 def cmd_figures(args) -> None:
-    from .notebooks import run_all
+    from .tools.notebooks import run_all
 
     run_all(out=args.out, only=args.only, timeout=args.timeout)
 
 
 def cmd_bench(args, rest) -> None:
     if args.which == "moe-vs-dense":
-        from .bench import main
+        from .bench.cli import main
 
         main(rest)
     elif args.which == "tracer":
-        import runpy
+        from .bench.tracer_overhead import main
 
-        sys.argv = ["bench_tracer.py", *rest]
-        runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "bench_tracer.py"), run_name="__main__")
+        main(rest)
 
 
 def main(argv=None) -> None:
@@ -156,7 +154,7 @@ def main(argv=None) -> None:
     b = sub.add_parser("bench", help="benchmarks: moe-vs-dense | tracer (pass --help after the name)")
     b.add_argument("which", choices=["moe-vs-dense", "tracer"])
 
-    tr = sub.add_parser("train", help="train the embedded model (see python -m moelab.train --help)")
+    tr = sub.add_parser("train", help="train the embedded model (see moelab train --help)")
     tr.add_argument("rest", nargs=argparse.REMAINDER)
 
     args, rest = p.parse_known_args(argv)
@@ -169,7 +167,7 @@ def main(argv=None) -> None:
     elif args.cmd == "bench":
         cmd_bench(args, rest)
     elif args.cmd == "train":
-        from .train import main as train_main
+        from .tools.train import main as train_main
 
         train_main(args.rest + rest)
 

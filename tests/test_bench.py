@@ -1,7 +1,10 @@
-"""moelab.bench: the timing harness (checked with a fake clock, no timed assertions) and the
-MoE-vs-dense runner on a tiny config (well-formed results, positive times)."""
+"""moelab.bench: the timing harness (checked with a fake clock, no timed assertions), the
+MoE-vs-dense runner and the tracer-overhead variants on tiny configs (well-formed results,
+positive times)."""
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +38,7 @@ class FakeClock:
 
 def test_time_interleaved_rotates_variants_each_round_and_excludes_setup(monkeypatch):
     clock, calls = FakeClock(), []
-    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    monkeypatch.setattr(time, "perf_counter", clock)
 
     def make(name, cost):
         def fn():
@@ -51,6 +54,36 @@ def test_time_interleaved_rotates_variants_each_round_and_excludes_setup(monkeyp
     assert times == {"a": [1.0] * 3, "b": [2.0] * 3, "c": [3.0] * 3}
     assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up
     assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # interleaved, rotated
+
+
+def test_context_and_setup_of_a_variant_run_around_every_call_untimed(monkeypatch):
+    clock, events = FakeClock(), []
+    monkeypatch.setattr(time, "perf_counter", clock)
+
+    class Ctx:
+        def __enter__(self):
+            events.append("enter")
+            clock.now += 50.0
+
+        def __exit__(self, *exc):
+            events.append("exit")
+            clock.now += 50.0
+
+    def fn():
+        events.append("call")
+        clock.now += 1.0
+
+    v = bench.Variant(fn, setup=lambda: events.append("setup"), context=Ctx)
+    times = bench.time_interleaved({"v": v}, repeats=2, warmup=1)
+    assert times == {"v": [1.0, 1.0]}
+    assert events == ["setup", "enter", "call", "exit"] * 3
+
+
+def test_a_variant_must_be_callable_a_pair_or_a_variant():
+    with pytest.raises(TypeError, match="42"):
+        bench.time_interleaved({"a": 42})
+    with pytest.raises(TypeError, match="setup, fn"):
+        bench.time_interleaved({"a": (None, print, print)})
 
 
 def test_time_interleaved_rejects_zero_repeats():
@@ -158,3 +191,25 @@ def test_main_runs_the_cli_and_saves(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "flop_ratio" in printed and "byte_ratio" in printed
     assert out.exists() and (df[df.status == "ok"].tokens_per_s > 0).all()
+
+
+def test_tracer_overhead_times_its_five_variants_with_the_harness_and_leaves_no_hook():
+    import torch
+
+    from moelab.bench import tracer_overhead as to
+
+    model = to.build(32, 48, 2, 4, 2, torch.float32, "cpu", "eager")
+    for name, (inputs, cache) in to.workloads(model, "cpu").items():
+        times = to.measure(model, inputs, cache, repeats=2, warmup=0, device="cpu")
+        assert tuple(times) == to.VARIANTS and all(len(v) == 2 and min(v) > 0 for v in times.values())
+        if cache is not None:
+            assert cache.get_seq_length() == 257      # cropped back to 256 before each call, +1 by the call
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_my_bench_scripts_have_no_timing_loop_of_their_own():
+    """bench_tracer.py and bench_moe_vs_dense.py time through moelab.bench's harness only."""
+    root = Path(__file__).resolve().parents[1]
+    for f in ("bench/bench_tracer.py", "bench/bench_moe_vs_dense.py", "moelab/bench/tracer_overhead.py",
+              "moelab/bench/moe_vs_dense.py"):
+        assert "perf_counter" not in (root / f).read_text(), f

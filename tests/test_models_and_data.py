@@ -86,7 +86,7 @@ def test_embedded_model_loads_offline_and_reads_every_domain(monkeypatch):
 @pytest.mark.slow
 @needs_model
 def test_embedded_model_beats_the_unigram_baseline_by_3x():
-    from moelab.train import heldout_perplexity, mixed, tokenize_split, unigram_perplexity
+    from moelab.tools.train import heldout_perplexity, mixed, tokenize_split, unigram_perplexity
 
     ev = json.loads((default_model_dir() / "eval.json").read_text())
     assert ev["mixed_unigram_perplexity"] / ev["mixed_heldout_perplexity"] >= 3.0
@@ -140,7 +140,7 @@ def test_pooled_model_loads_offline_by_name_with_mixtrals_tokenizer(monkeypatch)
 
 def _slice_targets(name, tokens_per_domain=512):
     """Recompute the routing targets on a small held-out slice (first 512 tokens of every domain)."""
-    from moelab.model_card import routing_targets, trace_heldout
+    from moelab.tools.model_card import routing_targets, trace_heldout
 
     return routing_targets(trace_heldout(embedded_model_dir(name), tokens_per_domain, seq_len=256))
 
@@ -172,7 +172,7 @@ def _default_balance():
 @pytest.mark.skipif(_default_balance() != "per_layer",
                     reason="the default model has not been retrained with the per-layer loss yet (issue 16)")
 def test_default_model_meets_the_issue_16_targets_in_its_card_and_on_a_slice():
-    from moelab.model_card import TARGETS
+    from moelab.tools.model_card import TARGETS
 
     root = default_model_dir()
     cfg = json.loads((root / "train_config.json").read_text())
@@ -180,15 +180,75 @@ def test_default_model_meets_the_issue_16_targets_in_its_card_and_on_a_slice():
     t = json.loads((root / "targets.json").read_text())
     card = (root / "README.md").read_text()
     assert cfg["balance"] == "per_layer" and ev["tokens_seen"] >= 600 * 16 * 256
-    assert t["mixed_heldout_perplexity"] == ev["mixed_heldout_perplexity"]
+    assert t["eval_json_mixed_heldout_perplexity"] == ev["mixed_heldout_perplexity"]
     assert f"**{ev['mixed_heldout_perplexity']:.1f}**" in card and f"| {t['min_expert_share']:.3f} |" in card
-    assert round(ev["mixed_heldout_perplexity"], 1) <= TARGETS["mixed_heldout_perplexity"]
+    assert round(t["mixed_heldout_perplexity"], 1) <= TARGETS["mixed_heldout_perplexity"]   # the shipped weights
     assert t["min_expert_share"] >= TARGETS["min_expert_share"] and t["max_layer_cv"] <= TARGETS["max_layer_cv"]
     # the shipped weights, not only the recorded file: the slice is small, so allow sampling slack
     s = _slice_targets(moelab.models.DEFAULT_MODEL)
     assert s["min_expert_share"] >= 0.5 * TARGETS["min_expert_share"] and s["max_layer_cv"] <= 1.5 * TARGETS["max_layer_cv"]
     if embedded_model_dir(POOLED_MODEL) is not None:   # and per-layer balance did what the pooled loss did not
         assert s["max_layer_cv"] < _slice_targets(POOLED_MODEL)["max_layer_cv"]
+
+
+# ------------------------------------------------------------------ the model card's measurements
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random tiny Mixtral with the real 32k vocabulary, saved as a model folder (no training record)."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MixtralConfig(vocab_size=32000, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2,
+                        tie_word_embeddings=True, sliding_window=None)
+    out = tmp_path_factory.mktemp("tiny") / "tiny-mixtral"
+    MixtralForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_model_card_targets_match_independent_references_on_a_tiny_model(tiny_model_dir, capsys):
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    from moelab.tools import model_card as mc
+    from moelab.tools.train import heldout_perplexity, mixed, switch_balance_loss, tokenize_split
+
+    t, tr = mc.measure_targets(tiny_model_dir, tokens_per_domain=40, eval_tokens=40, seq_len=16, progress=False)
+    n_domains = len(moelab.load_corpus("heldout"))
+    assert t["tokens"] == tr.num_tokens == 40 * n_domains                     # the budget, per domain
+    assert set(tr.columns["domain"].tolist()) == set(moelab.load_corpus("heldout"))
+    # shares and CV from the raw expert ids, by hand
+    E, k = 4, 2
+    counts = np.stack([np.bincount(tr.experts[:, l, :].ravel(), minlength=E) for l in range(2)])   # (layers, E)
+    share = counts / counts.sum(1, keepdims=True)
+    assert t["min_share_per_layer"] == pytest.approx(share.min(1).tolist())
+    assert t["min_expert_share"] == pytest.approx(share.min())
+    assert t["cv_per_layer"] == pytest.approx((share.std(1) / share.mean(1)).tolist(), rel=1e-6)
+    # the two balance losses against moelab's training loss and transformers' own function
+    logits = tuple(torch.from_numpy(tr.logits[:, l, :].copy()) for l in range(2))   # (tokens, E) per layer
+    assert t["per_layer_aux_mean"] == pytest.approx(float(switch_balance_loss(logits, k)), rel=1e-5)
+    assert t["pooled_aux"] == pytest.approx(float(load_balancing_loss_func(logits, E, k)), rel=1e-5)
+    # perplexity: the training script's protocol on the saved weights
+    model, _ = moelab.load_model(str(tiny_model_dir), dtype=torch.float32, tokenizer=False)
+    streams = tokenize_split("heldout", max_tokens=41)
+    assert t["mixed_heldout_perplexity"] == pytest.approx(mixed(heldout_perplexity(model, streams, 16), streams))
+    assert set(t["met"]) == {"mixed_heldout_perplexity", "min_expert_share", "max_layer_cv"}
+    # the CLI writes targets.json and routing_load.csv (no card without a training record) and prints the table
+    mc.main([str(tiny_model_dir), "--tokens-per-domain", "40", "--eval-tokens", "40"])
+    printed = capsys.readouterr().out
+    assert "largest per-layer CV" in printed and "pooled load_balancing_loss_func" in printed
+    saved = json.loads((tiny_model_dir / "targets.json").read_text())
+    assert saved["tokens_per_domain"] == 40 and len(saved["cv_per_layer"]) == 2
+    assert (tiny_model_dir / "routing_load.csv").is_file() and not (tiny_model_dir / "README.md").exists()
+
+
+def test_model_card_refuses_a_folder_without_a_model():
+    from moelab.tools.model_card import heldout_windows, measure_targets
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        measure_targets("/nonexistent/model")
+    with pytest.raises(ValueError, match="-3"):
+        heldout_windows(None, -3)
 
 
 # ------------------------------------------------------------------ balance losses
@@ -208,7 +268,7 @@ def _hand_switch(logits_per_layer, k):
 
 
 def test_per_layer_switch_loss_matches_a_hand_computation_and_moelab_metrics():
-    from moelab.train import switch_balance_loss
+    from moelab.tools.train import switch_balance_loss
 
     rng = np.random.default_rng(0)
     layers = [rng.normal(size=(50, 4)).astype(np.float32) * s for s in (0.5, 2.0, 4.0)]   # (tokens, E) each
@@ -223,7 +283,7 @@ def test_per_layer_switch_loss_matches_a_hand_computation_and_moelab_metrics():
 def test_transformers_pooled_loss_hides_layers_that_favour_different_experts():
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
-    from moelab.train import balance_loss, switch_balance_loss
+    from moelab.tools.train import balance_loss, switch_balance_loss
 
     # layer 0 sends every token to experts 0, 1; layer 1 to experts 2, 3: each layer collapsed, the pool balanced
     a = torch.tensor([[5.0, 5.0, 0.0, 0.0]]).repeat(8, 1)
@@ -239,7 +299,7 @@ def test_transformers_pooled_loss_hides_layers_that_favour_different_experts():
 
 
 def test_per_layer_loss_gradient_pushes_a_collapsed_layer_towards_balance():
-    from moelab.train import switch_balance_loss
+    from moelab.tools.train import switch_balance_loss
 
     lg = torch.tensor([[3.0, 1.0, 0.0, 0.0]]).repeat(16, 1).requires_grad_()
     switch_balance_loss((lg,), top_k=1).backward()
@@ -249,7 +309,7 @@ def test_per_layer_loss_gradient_pushes_a_collapsed_layer_towards_balance():
 # ------------------------------------------------------------------ training code cannot rot
 @pytest.mark.slow
 def test_training_script_runs_a_tiny_model_for_a_few_steps(tmp_path):
-    from moelab.train import PRESETS, TrainConfig, train
+    from moelab.tools.train import PRESETS, TrainConfig, train
 
     cfg = TrainConfig(**PRESETS["smoke"])
     res = train(cfg, tmp_path / "m", progress=False)
@@ -267,7 +327,7 @@ def test_training_script_runs_a_tiny_model_for_a_few_steps(tmp_path):
 
 
 def test_training_rejects_an_unknown_balance_loss(tmp_path):
-    from moelab.train import PRESETS, TrainConfig, train
+    from moelab.tools.train import PRESETS, TrainConfig, train
 
     with pytest.raises(ValueError, match="balance='layerwise'"):
         train(TrainConfig(**{**PRESETS["smoke"], "balance": "layerwise"}), tmp_path, progress=False)

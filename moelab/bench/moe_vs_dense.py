@@ -1,155 +1,34 @@
-"""
-Honest timing, and a measured MoE-vs-dense benchmark next to the accounting's predictions.
+"""The MoE-vs-dense experiment: measured tokens/s next to the FLOP and byte ratios moelab predicts.
 
-    >>> from moelab.bench import time_interleaved
-    >>> times = time_interleaved({"a": lambda: sum(range(100)), "b": lambda: sum(range(200))}, repeats=3)
-    >>> sorted(times), len(times["a"])
-    (['a', 'b'], 3)
-
-Timing rules (`time_interleaved`): every variant gets `warmup` untimed calls first; then
-`repeats` rounds, each round timing every variant once, in a rotated order, so slow drift
-(thermal throttling, a neighbour's job, frequency scaling) hits all variants equally instead
-of whichever ran last. Report medians (`summarize`). On CUDA, `torch.cuda.synchronize()`
-brackets each timed call so the clock measures the kernels, not their launch. A variant can be
-`(setup, fn)`: `setup` runs untimed before each call of `fn` (e.g. trimming a KV cache).
+    >>> from moelab.bench.moe_vs_dense import BenchConfig
+    >>> BenchConfig().mixtral().num_local_experts
+    8
 
 `run_moe_vs_dense` times prefill (B x S prompt tokens, `logits_to_keep=1` as in `generate`)
 and one decode step (B new tokens on a KV cache of S tokens) for an MoE model under each
 experts implementation transformers offers, and for dense baselines built by
-`moelab.compute.dense_equivalent`. Next to each measured ratio it puts two predictions:
+`moelab.compute.dense_equivalent`, with the harness of `moelab.bench.harness`. Next to each
+measured ratio it puts two predictions:
     flop_ratio  = dense FLOPs / MoE FLOPs         (the speed-up if both were compute bound)
     byte_ratio  = dense bytes / MoE bytes read     (the speed-up if both were memory bound;
                   MoE bytes count only the experts the step touches, uniform routing)
-A ratio > 1 means the MoE is faster. `--full-size-layers N` measures real Mixtral layer dims
-at depths 1 and N and extrapolates linearly to 32 layers (`scale_to_layers`).
-
-CLI: `python bench/bench_moe_vs_dense.py --help` (or `main(argv)` from here).
+A ratio > 1 means the MoE is faster. `run_full_size` measures real Mixtral layer dims at
+depths 1 and N and extrapolates linearly to 32 layers (`scale_to_layers`).
+CLI: `moelab bench moe-vs-dense --help` (`moelab.bench.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
-import platform
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from .harness import environment, time_interleaved, time_once
+
 EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-# ---------------------------------------------------------------------------------------
-# timing harness
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device is None:  # unknown: sync if this process has used CUDA at all
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-    elif str(device).startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def time_interleaved(
-    fns: dict[str, Callable | tuple[Callable, Callable]],
-    repeats: int = 5,
-    warmup: int = 1,
-    device=None,
-) -> dict[str, list[float]]:
-    """Wall-clock seconds of each variant, `repeats` interleaved rounds after `warmup` calls.
-
-    fns: {name: fn} or {name: (setup, fn)}; setup() runs untimed before every call of fn().
-    device: "cuda..." synchronizes around every timed call; "cpu" never; None does if CUDA is in use.
-    Returns {name: [seconds per repeat]}.
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    pairs = {k: (v if isinstance(v, tuple) else (None, v)) for k, v in fns.items()}
-    names = list(pairs)
-    if not names:
-        return {}
-    for name in names:  # warm-up: allocator, kernel selection, caches
-        setup, fn = pairs[name]
-        for _ in range(warmup):
-            if setup:
-                setup()
-            fn()
-    _sync(device)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
-        for name in order:
-            setup, fn = pairs[name]
-            if setup:
-                setup()
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def summarize(times: dict[str, list[float]]):
-    """Median / min / max / interquartile range per variant, as a DataFrame indexed by name."""
-    import pandas as pd
-
-    rows = {}
-    for k, v in times.items():
-        a = np.asarray(v)
-        q1, q3 = np.percentile(a, [25, 75])
-        rows[k] = dict(median_s=float(np.median(a)), min_s=float(a.min()), max_s=float(a.max()),
-                       iqr_s=float(q3 - q1), repeats=len(a))
-    return pd.DataFrame(rows).T
-
-
-def environment(device="cpu", dtype="bf16") -> dict:
-    """Where and how a benchmark ran: device name, library versions, dtype, date."""
-    import torch
-    import transformers
-
-    dev = str(device)
-    if dev.startswith("cuda") and torch.cuda.is_available():
-        name = torch.cuda.get_device_name(torch.device(dev))
-    else:
-        name = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    return dict(
-        device=dev, device_name=name, torch=torch.__version__, transformers=transformers.__version__,
-        dtype=str(dtype), date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        python=platform.python_version(),
-    )
-
-
-def save_results(df, path, meta: dict | None = None):
-    """Save a results DataFrame to .csv (metadata as columns on every row) or .json ({"meta", "rows"}).
-
-    meta defaults to `df.attrs["meta"]` (set by run_moe_vs_dense) or `environment()`.
-    """
-    from pathlib import Path
-
-    p = Path(path)
-    meta = meta or df.attrs.get("meta") or environment()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if p.suffix == ".json":
-        rows = json.loads(df.to_json(orient="records"))
-        p.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    elif p.suffix == ".csv":
-        out = df.copy()
-        for k, v in meta.items():
-            out[f"meta_{k}"] = v
-        out.to_csv(p, index=False)
-    else:
-        raise ValueError(f"save_results: unknown extension in {str(path)!r}; use .csv or .json")
-    return p
-
-
-# ---------------------------------------------------------------------------------------
-# MoE vs dense
 
 
 @dataclass
@@ -237,12 +116,7 @@ def _probe(fns: dict, max_call_s: float | None, device, tokens: int, history: di
                 slow[name] = (f"one call took {t0:.2f} s at {n0} tokens, so ~{t0 * tokens / n0:.1f} s at {tokens} "
                               f"> max_call_s={max_call_s:g} s; not run")
                 continue
-        setup()
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        dt = time.perf_counter() - t0
+        dt = time_once((setup, fn), device)
         history[name] = (tokens, dt)
         if dt > max_call_s:
             slow[name] = f"one call took {dt:.2f} s > max_call_s={max_call_s:g} s; not repeated"
@@ -468,10 +342,6 @@ def run_full_size(
     return df
 
 
-# ---------------------------------------------------------------------------------------
-# CLI
-
-
 def ratio_table(df):
     """Tidy table: one row per (MoE implementation, baseline, phase, batch, seq_len) with
     measured speed-up, FLOP ratio and byte ratio."""
@@ -487,80 +357,3 @@ def ratio_table(df):
         t["byte_ratio"] = moe[f"byte_ratio_vs_{b}"]
         rows.append(t)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    d = BenchConfig()
-    p = argparse.ArgumentParser(
-        prog="bench_moe_vs_dense",
-        description="Measured MoE vs dense tokens/s (prefill and decode) next to the FLOP and weight-byte "
-        "ratios moelab.compute predicts. Ratio > 1: the MoE is faster.",
-    )
-    p.add_argument("--hidden", type=int, default=d.hidden_size)
-    p.add_argument("--intermediate", type=int, default=d.intermediate_size, help="expert width")
-    p.add_argument("--layers", type=int, default=d.num_hidden_layers)
-    p.add_argument("--heads", type=int, default=d.num_attention_heads)
-    p.add_argument("--kv-heads", type=int, default=d.num_key_value_heads)
-    p.add_argument("--experts", type=int, default=d.num_local_experts)
-    p.add_argument("--top-k", type=int, default=d.num_experts_per_tok)
-    p.add_argument("--vocab", type=int, default=d.vocab_size)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[128], help="prompt length = decode KV-cache length")
-    p.add_argument("--dtype", default="bf16", choices=sorted(TORCH_DTYPES))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--impls", nargs="+", default=list(EXPERTS_IMPLEMENTATIONS), help="experts implementations")
-    p.add_argument("--baselines", nargs="+", default=["active", "total"], choices=["active", "total", "source"])
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch.set_num_threads on CPU (default 1: on a shared machine OpenMP threads wait for "
-                   "descheduled peers, which adds ~10 ms to every op; 0 = leave torch's default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-call-s", type=float, default=10.0,
-                   help="skip (and record) a variant whose first call takes, or is predicted from a smaller size "
-                   "to take, longer than this; 0 = no limit")
-    p.add_argument("--full-size-layers", type=int, default=None, metavar="N",
-                   help="GPU: real Mixtral 8x7B layer dims, measured at depths 1 and N, scaled to --target-layers "
-                   "(ignores the size options above; use --dtype fp16 --device cuda)")
-    p.add_argument("--target-layers", type=int, default=32)
-    p.add_argument("--out", default=None, help="save results (.csv or .json)")
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    """Run the benchmark from command-line style arguments; prints tables, returns the DataFrame."""
-    import pandas as pd
-    import torch
-
-    a = parse_args(argv)
-    if a.threads and not str(a.device).startswith("cuda"):
-        torch.set_num_threads(a.threads)
-    common = dict(batch_sizes=a.batch_sizes, seq_lens=a.seq_lens, dtype=a.dtype, device=a.device,
-                  experts_implementations=a.impls, baselines=a.baselines, repeats=a.repeats, warmup=a.warmup,
-                  seed=a.seed, max_call_s=a.max_call_s or None)
-    t0 = time.perf_counter()
-    if a.full_size_layers:
-        df = run_full_size(a.full_size_layers, target_layers=a.target_layers, **common)
-    else:
-        cfg = BenchConfig(a.hidden, a.intermediate, a.layers, a.heads, a.kv_heads, a.experts, a.top_k, a.vocab).mixtral()
-        df = run_moe_vs_dense(cfg, **common)
-    meta = df.attrs["meta"]
-    print(f"# {meta['device_name']} | torch {meta['torch']} | transformers {meta['transformers']} | {a.dtype} | "
-          f"{meta['date']} | {time.perf_counter() - t0:.0f} s")
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3g}".format):
-        ok = df[df.status == "ok"]
-        print("\ntokens/s (median of", a.repeats, "interleaved repeats)")
-        print(ok.pivot_table(index=["phase", "batch", "seq_len"], columns=["model", "experts_implementation"],
-                             values="tokens_per_s").to_string())
-        print("\nMoE speed-up over dense: measured vs predicted (flop_ratio if compute bound, byte_ratio if memory bound)")
-        print(ratio_table(df).drop(columns=["tokens_per_s"]).to_string(index=False))
-        for r in df[df.status == "skipped"].itertuples():
-            where = f" {r.phase} batch {r.batch} seq_len {r.seq_len}" if r.phase != "-" else ""
-            print(f"skipped {r.model}[{r.experts_implementation}]{where}: {r.reason}")
-    if a.out:
-        print("saved", save_results(df, a.out))
-    return df
-
-
-if __name__ == "__main__":
-    main()
