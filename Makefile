@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.moelab-installed
 OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 CORE_TESTS := tests/test_tracking.py tests/test_feeding.py tests/test_tracer.py tests/test_store.py tests/test_codec.py
 
-.PHONY: install figures lab test test-fast test-suite test-latest test-oldest bench lock clean
+.PHONY: install figures lab test test-fast test-suite test-latest test-oldest bench wheel lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_streaming.py
 	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_moe_vs_dense.py --out bench/results/moe_vs_dense_cpu.csv
+
+wheel: $(STAMP)         # dist/moelab-*.whl: code, corpus and every embedded model's final weights; size -> bench/results/wheel.txt
+	$(BIN)/python scripts/build_wheel.py
 
 lock: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > $(LOCK)

@@ -1,10 +1,12 @@
-"""The `moelab` command: trace | figures | bench | train.
+"""The `moelab` command: trace | figures | bench | train (a thin front end over library and tool functions).
 
     $ moelab trace --corpus heldout --out runs/heldout              # embedded model, every domain
     $ moelab trace --model /models/Mixtral-8x7B --dtype float16 --device cuda --corpus heldout --out runs/mx
     $ torchrun --nproc_per_node 2 -m moelab.cli trace --corpus heldout --out runs/dp   # one shard per process
     $ moelab figures                                                # run every notebook, refresh figures/
-    $ moelab bench moe-vs-dense --help
+    $ moelab bench moe-vs-dense --help                              # moelab.bench.cli
+    $ moelab bench tracer --out bench/results/tracer_cpu.json       # moelab.bench.tracer_overhead
+    $ moelab train --out /tmp/retrained                             # moelab.tools.train
 
 `trace` cuts each document into windows of `--seq-len` tokens (BOS opens each document),
 batches them, and streams the routing to `--out` (a folder of Parquet parts;
@@ -154,7 +156,8 @@ def main(argv=None) -> None:
     b = sub.add_parser("bench", help="benchmarks: moe-vs-dense | tracer (pass --help after the name)")
     b.add_argument("which", choices=["moe-vs-dense", "tracer"])
 
-    tr = sub.add_parser("train", help="train the embedded model (see moelab train --help)")
+    tr = sub.add_parser("train", add_help=False,   # --help goes to moelab.tools.train's own parser
+                        help="train the embedded model (moelab.tools.train; moelab train --help)")
     tr.add_argument("rest", nargs=argparse.REMAINDER)
 
     args, rest = p.parse_known_args(argv)

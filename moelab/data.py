@@ -17,7 +17,10 @@ SentencePiece's ids exactly (leading spaces, BOS), so moelab wraps
 SentencePiece directly with the transformers calling convention.
 
 The corpus lives in `data/corpus/<domain>/{train,heldout}.txt` (see
-data/README.md); documents are separated by `DOC_SEP`.
+data/README.md); documents are separated by `DOC_SEP`. `data_dir()` finds
+`data/`: `$MOELAB_DATA` if set, else the copy a wheel ships inside the package
+(`moelab/_data/`: the corpus and every embedded model's final weights), else
+the source checkout's `data/`.
 """
 
 from __future__ import annotations
@@ -30,10 +33,34 @@ DOC_SEP = "\n\n<|endofdoc|>\n\n"
 SPLITS = ("train", "heldout")
 
 
+DATA_ENV = "MOELAB_DATA"
+
+
+def packaged_data_dir() -> Path:
+    """Where a wheel install keeps its data: `moelab/_data/` (absent in a source checkout)."""
+    return Path(__file__).resolve().parent / "_data"
+
+
+def checkout_data_dir() -> Path:
+    """The source checkout's `data/` folder (absent in a wheel install)."""
+    return Path(__file__).resolve().parents[1] / "data"
+
+
 def data_dir() -> Path:
-    """`$MOELAB_DATA`, else the repository's `data/` folder."""
-    env = os.environ.get("MOELAB_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
+    """`$MOELAB_DATA`, else the wheel's `moelab/_data/`, else the checkout's `data/` (see the module docstring)."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    packaged = packaged_data_dir()
+    return packaged if packaged.is_dir() else checkout_data_dir()
+
+
+def data_dirs_searched() -> str:
+    """Where `data_dir()` looks, for error messages."""
+    env = os.environ.get(DATA_ENV)
+    return (f"${DATA_ENV}={env}" if env else
+            f"{packaged_data_dir()} (a wheel install), then {checkout_data_dir()} (a source checkout); "
+            f"set {DATA_ENV} to a folder holding corpus/ and models/")
 
 
 def corpus_dir() -> Path:
@@ -43,8 +70,8 @@ def corpus_dir() -> Path:
 def domains() -> list[str]:
     d = corpus_dir()
     if not d.is_dir():
-        raise FileNotFoundError(f"no corpus at {d}; set MOELAB_DATA to the folder holding corpus/ or rebuild it "
-                                "with scripts/build_corpus.py")
+        raise FileNotFoundError(f"no corpus at {d}; looked in {data_dirs_searched()}, or rebuild it with "
+                                "scripts/build_corpus.py")
     return sorted(p.name for p in d.iterdir() if (p / "train.txt").is_file())
 
 

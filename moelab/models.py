@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .data import data_dir, load_tokenizer
+from .data import data_dir, data_dirs_searched, load_tokenizer
 
 DEFAULT_MODEL = "moelab-mixtral-tiny"
 POOLED_MODEL = "moelab-mixtral-tiny-pooled"   # same recipe, transformers' pooled balance loss
@@ -56,12 +56,19 @@ def checkpoints(name: str | os.PathLike | None = None) -> list[dict]:
     root = (embedded_model_dir(name) or Path(name)) if name else default_model_dir()
     if not (root / "checkpoints.json").is_file():
         raise FileNotFoundError(
-            f"{root} has no checkpoints.json; only models trained by `python -m moelab.train` with their "
+            f"{root} has no checkpoints.json; only models trained by `moelab train` with their "
             f"checkpoints have one (the default {DEFAULT_MODEL!r} does; {POOLED_MODEL!r} ships its final weights only)"
         )
     info = json.loads((root / "checkpoints.json").read_text())
     for c in info:
         c["path"] = str((root / c["path"]).resolve())
+    missing = [c["path"] for c in info if not (Path(c["path"]) / "config.json").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the checkpoints of {root.name} are not here: looked for {missing[0]} (and {len(missing) - 1} more). "
+            "Checkpoints ship with a source checkout only, not in the wheel; set MOELAB_DATA to a checkout's "
+            f"data/ folder (data_dir() is now {data_dir()})"
+        )
     return info
 
 
@@ -90,8 +97,8 @@ def load_model(name: str | os.PathLike | None = None, *, dtype: torch.dtype | st
         path = default_model_dir()
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
-                f"embedded model not found at {path}. Set MOELAB_DATA to the repository's data/ folder, "
-                "or retrain it with `python -m moelab.train --out data/models/moelab-mixtral-tiny`."
+                f"embedded model not found at {path}; looked in {data_dirs_searched()}. Point MOELAB_DATA at "
+                "a moelab checkout's data/ folder, or retrain it with `moelab train --out data/models/moelab-mixtral-tiny`."
             )
         name = str(path)
         dtype = dtype or _default_dtype()

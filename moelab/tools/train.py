@@ -1,7 +1,7 @@
 """Train the embedded default model: a small Mixtral on moelab's multi-domain corpus.
 
-    $ python -m moelab.train --out data/models/moelab-mixtral-tiny     # ~25 min on 2 CPU cores
-    $ python -m moelab.train --preset smoke --out /tmp/smoke           # seconds, for tests
+    $ moelab train --out data/models/moelab-mixtral-tiny               # ~25 min on 2 CPU cores
+    $ python -m moelab.tools.train --preset smoke --out /tmp/smoke     # seconds, for tests
 
 The model is `transformers.MixtralForCausalLM` (top-2 of 8 SwiGLU experts per
 layer, GQA attention, RoPE, RMSNorm) with Mixtral 8x7B's tokenizer (32,000
