@@ -234,7 +234,7 @@ def test_model_card_targets_match_independent_references_on_a_tiny_model(tiny_mo
     assert t["mixed_heldout_perplexity"] == pytest.approx(mixed(heldout_perplexity(model, streams, 16), streams))
     assert set(t["met"]) == {"mixed_heldout_perplexity", "min_expert_share", "max_layer_cv"}
     # the CLI writes targets.json and routing_load.csv (no card without a training record) and prints the table
-    mc.main([str(tiny_model_dir), "--tokens-per-domain", "40", "--eval-tokens", "40"])
+    mc.main([str(tiny_model_dir), "--tokens-per-domain", "40", "--eval-tokens", "40", "--seq-len", "16"])
     printed = capsys.readouterr().out
     assert "largest per-layer CV" in printed and "pooled load_balancing_loss_func" in printed
     saved = json.loads((tiny_model_dir / "targets.json").read_text())
@@ -249,6 +249,10 @@ def test_model_card_refuses_a_folder_without_a_model():
         measure_targets("/nonexistent/model")
     with pytest.raises(ValueError, match="-3"):
         heldout_windows(None, -3)
+    from moelab.tools.model_targets import heldout_perplexity_of
+
+    with pytest.raises(ValueError, match="eval_tokens=10 .*seq_len=256"):
+        heldout_perplexity_of(None, eval_tokens=10, seq_len=256)
 
 
 # ------------------------------------------------------------------ balance losses

@@ -210,6 +210,7 @@ def main(argv=None):
                    help="held-out tokens traced per domain for the routing targets (default 100000: all there is)")
     p.add_argument("--eval-tokens", type=int, default=None,
                    help="held-out tokens per domain for perplexity (default: train_config.json's eval_tokens, else 20000)")
+    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the training seq_len, else 256)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-card", action="store_true", help="write targets.json and routing_load.csv, not README.md")
@@ -220,7 +221,7 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(a.threads)
-    t, tr = measure_targets(a.model_dir, a.tokens_per_domain, a.eval_tokens, batch_size=a.batch_size)
+    t, tr = measure_targets(a.model_dir, a.tokens_per_domain, a.eval_tokens, a.seq_len, batch_size=a.batch_size)
     print(format_table(t))
     if a.targets_only:
         print(json.dumps({k: v for k, v in t.items() if k != "load"}, indent=2))

@@ -104,6 +104,9 @@ def heldout_perplexity_of(model, eval_tokens: int = 20000, seq_len: int = 256) -
     of `moelab.tools.train`'s `eval.json`)."""
     from .train import heldout_perplexity, mixed, tokenize_split
 
+    if eval_tokens < seq_len:
+        raise ValueError(f"eval_tokens={eval_tokens} is shorter than one window of seq_len={seq_len}; "
+                         "raise eval_tokens or lower seq_len")
     streams = tokenize_split("heldout", max_tokens=eval_tokens + 1)
     ppl = heldout_perplexity(model, streams, seq_len)
     return mixed(ppl, streams), ppl
