@@ -43,18 +43,21 @@ def test_package_data_rule_takes_every_models_final_weights_and_no_checkpoint(tm
 def installed(tmp_path_factory):
     """(python, moelab script, env) of a new venv holding the wheel; this venv's packages are visible."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # no PYTHONPATH: a checkout on it (with the moelab.egg-info a build leaves) would look installed to pip
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MOELAB_DATA", "MOELAB_NOTEBOOKS")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     wheel = build_wheel(tmp / "dist")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    # this venv's site-packages, as a path only (its .pth files, e.g. an editable moelab, are not run)
-    (Path(purelib) / "host_site_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
-                    str(wheel)], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MOELAB_DATA", "MOELAB_NOTEBOOKS")}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+                    str(wheel)], check=True, env=env, cwd=tmp)
+    # then this venv's site-packages, as a path only (its .pth files, e.g. an editable moelab, are not run);
+    # written after the install, so that pip never sees (nor touches) this venv's own moelab
+    (Path(purelib) / "host_site_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    assert (Path(purelib) / "moelab" / "_data").is_dir(), "the wheel did not install into the new venv"
     return wheel, py, venv / "bin" / "moelab", env, tmp
 
 
