@@ -43,7 +43,8 @@ def describe(wheel: Path) -> str:
         for info in z.infolist():
             parts = info.filename.split("/")
             if parts[:2] == ["moelab", "_data"]:
-                key = "/".join(parts[:4]) if len(parts) > 4 and parts[2] in ("models", "corpus") else "/".join(parts[:3])
+                key = "/".join(parts[:4]) if len(parts) > 4 and parts[2] == "models" else "/".join(parts[:3])
+                key = "moelab/_data (READMEs)" if key.endswith(".md") or key.endswith("/models") else key
             elif parts[0] == "moelab":
                 key = "moelab (code)"
             else:
