@@ -112,3 +112,38 @@ def test_trace_prints_the_dtype_it_chose_and_why(model_dir, tmp_path):
     r = _cli("trace", "--model", str(model_dir), "--device", "cpu", "--text", "hello world", "--out",
              str(tmp_path / "o"))
     assert "moelab: device=cpu dtype=" in r.stdout and ("native" in r.stdout or "bf16 matmul" in r.stdout)
+
+
+# ------------------------------------------------------------------ front end over library and tool functions
+@pytest.mark.parametrize("argv, own_help", [
+    (["bench", "tracer", "--help"], "--corpus-tokens"),            # moelab.bench.tracer_overhead
+    (["bench", "moe-vs-dense", "--help"], "--full-size-layers"),   # moelab.bench.cli
+    (["train", "--help"], "--balance"),                            # moelab.tools.train
+    (["figures", "--help"], "--only"),                             # moelab.tools.notebooks
+])
+def test_each_subcommand_reaches_its_library_or_tool_function(argv, own_help, capsys):
+    from moelab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0 and own_help in capsys.readouterr().out
+
+
+def test_the_cli_runs_no_repository_file():
+    import ast
+    from pathlib import Path
+
+    src = Path(moelab.__file__).with_name("cli.py").read_text()
+    imported = {a.name.split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import) for a in n.names}
+    assert "runpy" not in imported and "run_path" not in src and "parents[1]" not in src
+
+
+@pytest.mark.parametrize("old, new", [("moelab.train", "moelab.tools.train"),
+                                      ("moelab.notebooks", "moelab.tools.notebooks"),
+                                      ("moelab.model_card", "moelab.tools.model_card")])
+def test_the_old_tool_paths_still_import_and_run(old, new):
+    import importlib
+
+    assert importlib.import_module(old).main is importlib.import_module(new).main
+    r = _cli("--help", launcher=[sys.executable, "-m", old])
+    assert "usage" in r.stdout
