@@ -153,7 +153,8 @@ def main(argv=None) -> None:
     f.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
     f.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
 
-    b = sub.add_parser("bench", help="benchmarks: moe-vs-dense | tracer (pass --help after the name)")
+    b = sub.add_parser("bench", add_help=False,   # NAME --help goes to the benchmark's own parser
+                       help="benchmarks: moe-vs-dense | tracer (pass --help after the name)")
     b.add_argument("which", choices=["moe-vs-dense", "tracer"])
 
     tr = sub.add_parser("train", add_help=False,   # --help goes to moelab.tools.train's own parser
