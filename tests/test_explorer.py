@@ -14,7 +14,8 @@ import pytest
 
 import moelab
 from moelab.explorer import MAX_TOKENS, ExplorerInputError, export_html, show
-from moelab.explorer.payload import pack, pack_array, token_texts, unpack_array
+from moelab.codec import decode_weights, encode_weights
+from moelab.explorer.payload import pack, pack_array, reading_order, token_texts, unpack_array, unpack_weights
 
 
 def routed(T=50, L=3, E=8, k=2, seed=0, logits=False, **columns):
@@ -47,10 +48,18 @@ def test_arrays_round_trip_bit_exact():
     for a in [rng.integers(0, 256, 1000).astype(np.uint8), rng.integers(0, 60000, 77).astype(np.uint16),
               rng.normal(size=(5, 3)).astype(np.float16), rng.normal(size=9).astype(np.float32),
               rng.integers(-5, 5, 10).astype(np.int32)]:
-        for z in (True, False):
-            back = unpack_array(pack_array(a, compress=z))
+        for z, shuffle, delta in [(True, False, False), (False, False, False), (True, True, False),
+                                  (True, False, True), (False, True, True)]:
+            back = unpack_array(pack_array(a, compress=z, shuffle=shuffle, delta=delta))
             assert back.dtype == a.dtype and back.shape == a.shape
             assert back.tobytes() == a.tobytes()
+
+
+def test_delta_coding_wraps_around_in_the_integer_type():
+    a = np.array([65535, 0, 1, 65535, 3], np.uint16)          # steps that leave and re-enter the range
+    spec = pack_array(a, delta=True, compress=False)
+    assert np.frombuffer(__import__("base64").b64decode(spec["b64"]), "<u2").tolist() == [65535, 1, 1, 65534, 4]
+    np.testing.assert_array_equal(unpack_array(spec), a)
 
 
 def test_payload_holds_the_trace_exactly():
@@ -60,15 +69,19 @@ def test_payload_holds_the_trace_exactly():
     run = P["runs"][0]
     assert (P["tokens"], P["layers"], P["k"], P["num_experts"]) == (T, L, k, E)
     np.testing.assert_array_equal(unpack_array(run["experts"]).reshape(T, L, k), tr.experts)
-    assert unpack_array(run["weights"]).reshape(T, L, k).tobytes() == tr.weights.tobytes()   # fp16 bits as recorded
+    shown = unpack_weights(run["weights"]).reshape(T, L, k)
+    assert shown.tobytes() == decode_weights(*encode_weights(tr.weights), k=k).tobytes()     # what load_trace reloads
+    np.testing.assert_allclose(shown, tr.weights, rtol=2.0 ** -11, atol=0)                    # half an fp16 step
     softmax = np.exp(tr.logits) / np.exp(tr.logits).sum(-1, keepdims=True)
     np.testing.assert_allclose(unpack_array(run["probs"]).reshape(T, L, E), softmax, atol=1e-3)
-    strings = np.array(P["strings"], dtype=object)[unpack_array(P["token_index"])]
+    index = unpack_array(P["token_index"])
+    strings = np.array(P["strings"], dtype=object)[index]
     assert list(strings) == [f" w{i}" if i != 3 else "\n" for i in tr.token_id]
-    np.testing.assert_array_equal(unpack_array(P["token_id"]).astype(np.int64) - 1, tr.token_id)
+    assert len(P["strings"]) == len(set(tr.token_id.tolist()))                  # a vocabulary table, no repeats
+    np.testing.assert_array_equal(unpack_array(P["ids"]).astype(np.int64)[index] - 1, tr.token_id)
     np.testing.assert_array_equal(np.array(P["sequences"])[unpack_array(P["sequence_index"])], tr.sequence)
     np.testing.assert_array_equal(unpack_array(P["position"]), tr.position)
-    order = unpack_array(P["order"])
+    order = reading_order(P)
     assert sorted(order.tolist()) == list(range(T))
     keys = list(zip(tr.sequence[order], tr.position[order]))
     assert keys == sorted(keys)                                     # text reads sequence by sequence
@@ -80,6 +93,34 @@ def test_payload_holds_the_trace_exactly():
 def test_smallest_integer_types_keep_the_page_small():
     P = pack(routed(T=300))
     assert P["runs"][0]["experts"]["dtype"] == "uint8" and P["token_index"]["dtype"] == "uint8"
+    assert P["runs"][0]["weights"]["layout"] == "code16_drop0"          # top-2 summing to 1: one 16-bit code each
+    assert P["order"] is None                                            # already in reading order: nothing shipped
+
+
+def test_fp32_weights_travel_at_the_stores_16_bit_precision():
+    tr = routed(T=40)
+    w32 = moelab.RoutingTrace.from_arrays(tr.experts, tr.weights.astype(np.float32) * np.float32(1 + 1e-5),
+                                          num_experts=8)
+    spec = pack(w32)["runs"][0]["weights"]
+    assert spec["data"]["dtype"] == "uint16" and spec["data"]["shape"] == [40, 3, 1]
+    np.testing.assert_allclose(unpack_weights(spec), w32.weights, rtol=2.0 ** -11, atol=0)
+
+
+@pytest.mark.slow
+def test_300k_tokens_at_4_layers_export_to_at_most_5_mb(tmp_path):
+    """Random routing and weights (nothing for deflate to find) on a held-out-sized trace."""
+    T = 300_000
+    rng = np.random.default_rng(0)
+    lg = rng.normal(size=(T, 4, 8)).astype(np.float32)
+    ex = np.argsort(-lg, -1)[..., :2]
+    w = np.exp(np.take_along_axis(lg, ex, -1))
+    w = (w / w.sum(-1, keepdims=True)).astype(np.float32)
+    seq = np.arange(T) // 256
+    tr = moelab.RoutingTrace.from_arrays(ex, w, num_experts=8, sequence=seq, token_id=np.minimum(rng.zipf(1.2, T), 31999),
+                                         domain=np.array(["code", "fiction", "math", "legal"])[seq % 4])
+    assert T <= MAX_TOKENS
+    path = export_html(tr, tmp_path / "heldout.html", VocabTokenizer(32000))
+    assert path.stat().st_size <= 5_000_000
 
 
 def test_without_tokenizer_ids_are_shown():
@@ -130,7 +171,23 @@ def test_above_the_limit_is_refused_with_how_to_slice():
     tr = routed(T=120, domain=np.array(["code"] * 120))
     with pytest.raises(ExplorerInputError, match=r"120 tokens, above the explorer's limit of 100.*trace\.select") as e:
         show(tr, max_tokens=100)
-    assert "domain" in str(e.value) and MAX_TOKENS >= 100_000
+    assert "slice(0, 100)" in str(e.value) and MAX_TOKENS >= 400_000
+
+
+def test_the_slices_the_refusal_suggests_are_accepted():
+    seq = np.repeat(np.arange(6), [30, 10, 40, 25, 5, 10])            # sequences of unequal length
+    tr = routed(T=120, domain=np.where(np.arange(120) < 70, "code", "prose"))
+    tr = moelab.RoutingTrace.from_arrays(tr.experts, tr.weights, num_experts=8, sequence=seq, token_id=tr.token_id,
+                                         domain=tr.columns["domain"])
+    with pytest.raises(ExplorerInputError) as e:
+        show(tr, max_tokens=60)
+    msg = str(e.value)
+    assert "first 2 of 6 sequences" in msg and "== 'prose'" in msg    # 30 + 10 fit, + 40 would not; code is 70
+    suggested = [seg[seg.index("trace.select("):].split(". max_tokens")[0] for seg in msg.split("; or ")]
+    assert len(suggested) == 3
+    for code in suggested:
+        part = eval(code, {"trace": tr, "np": np})
+        assert 0 < part.num_tokens <= 60 and show(part, max_tokens=60).tokens == part.num_tokens
 
 
 def test_unknown_start_layer_is_refused():

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import moelab
+from moelab.codec import decode_weights, encode_weights
 from moelab.explorer import show
 
 pytestmark = pytest.mark.slow   # subprocesses / a real browser: `make test-fast` skips these
@@ -78,12 +79,12 @@ def open_page(browser, tmp_path):
         p.close()
 
 
-def routed(T=60, L=4, E=8, seed=0, logits=False, **columns):
+def routed(T=60, L=4, E=8, seed=0, logits=False, dtype=np.float32, **columns):
     rng = np.random.default_rng(seed)
     lg = rng.normal(size=(T, L, E)).astype(np.float32)
     ex = np.argsort(-lg, -1)[..., :2]
     w = np.take_along_axis(np.exp(lg), ex, -1)
-    w = (w / w.sum(-1, keepdims=True)).astype(np.float16)
+    w = (w / w.sum(-1, keepdims=True)).astype(dtype)
     seq = np.repeat(np.arange(3), -(-T // 3))[:T]
     return moelab.RoutingTrace.from_arrays(ex, w, num_experts=E, sequence=seq, token_id=rng.integers(3, 100, T),
                                            logits=lg if logits else None, layer_ids=[0, 2, 5, 7][:L], **columns)
@@ -99,16 +100,23 @@ def hex_rgb(h):
     return f"rgb({int(h[1:3], 16)}, {int(h[3:5], 16)}, {int(h[5:7], 16)})"
 
 
-def test_hover_shows_exactly_the_recorded_experts_and_weights(open_page):
-    tr = routed(logits=True)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_hover_shows_exactly_the_recorded_experts_and_weights(open_page, dtype):
+    """Weights at the store's 16-bit precision: exactly what load_trace reloads, within half an fp16 step
+    of the recording (fp32 top-2 weights travel as one code each, rank 0 rebuilt as 1 - rank 1)."""
+    tr = routed(logits=True, dtype=dtype)
+    stored = decode_weights(*encode_weights(tr.weights), k=tr.top_k)
+    np.testing.assert_allclose(stored, tr.weights.astype(np.float32), rtol=2.0 ** -11, atol=0)
     page, _ = open_page(show(tr))
     for i in [0, 17, 33, 59]:
         page.locator(f".mx-t[data-i='{i}']").hover()
         cells = page.locator(".mx-hover .mx-cell").evaluate_all(
             "els => els.map(e => [+e.dataset.layer, +e.dataset.rank, +e.dataset.expert, +e.dataset.weight])")
-        want = [[int(tr.layer_ids[l]), r, int(tr.experts[i, l, r]), float(tr.weights[i, l, r])]
+        want = [[int(tr.layer_ids[l]), r, int(tr.experts[i, l, r]), float(stored[i, l, r])]
                 for l in range(tr.num_layers) for r in range(tr.top_k)]
         assert cells == want
+        shown = page.locator(".mx-hover .mx-w").all_inner_texts()          # what the eye reads: 3 decimals
+        np.testing.assert_allclose([float(x) for x in shown], stored[i].reshape(-1), rtol=0, atol=5e-4 + 1e-9)
         probs = np.array(page.locator(".mx-hover .mx-pbar").evaluate_all("els => els.map(e => +e.dataset.prob)"))
         softmax = np.exp(tr.logits[i]) / np.exp(tr.logits[i]).sum(-1, keepdims=True)
         np.testing.assert_allclose(probs.reshape(tr.num_layers, tr.num_experts), softmax, atol=1e-3)

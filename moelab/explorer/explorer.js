@@ -1,14 +1,15 @@
 /* moelab routing explorer: self-contained, no dependencies, no network.
  *
  * window.moelabExplorer.mount(rootElement, payload) builds the view. The payload is written by
- * moelab/explorer/payload.py (typed arrays as base64, zlib-compressed). Only the text blocks near the
+ * moelab/explorer/payload.py: typed arrays, delta-coded and byte-shuffled where that helps,
+ * deflated and base64-encoded; weights in moelab.codec's 16-bit code (the store's precision). Only the text blocks near the
  * viewport hold token elements (IntersectionObserver); the others are empty boxes of their
  * measured (or estimated) height, so a 100k-token trace opens without freezing the page.
  * When mounting is done the root gets data-ready="1" and data-mount-ms (time spent in mount).
  */
 (function () {
   "use strict";
-  var VERSION = 1;
+  var VERSION = 2;
   if (window.moelabExplorer && window.moelabExplorer.version === VERSION) return;
 
   var BLOCK = 192;                 // tokens per virtualised text block (at most)
@@ -48,10 +49,44 @@
     }
     throw new Error("unknown dtype " + dtype);
   }
+  var SIZE = { uint8: 1, uint16: 2, uint32: 4, int32: 4, float32: 4, float16: 2 };
+  function unshuffle(b, size) {            // byte planes (all byte 0s, all byte 1s, ...) -> elements
+    if (size === 1) return b;
+    var n = b.length / size, out = new Uint8Array(b.length);
+    for (var p = 0; p < size; p++) { var o = p * n; for (var i = 0; i < n; i++) out[i * size + p] = b[o + i]; }
+    return out;
+  }
   function decode(spec) {
     if (!spec) return Promise.resolve(null);
     var bytes = b64bytes(spec.b64);
-    return (spec.z ? inflate(bytes) : Promise.resolve(bytes)).then(function (b) { return typed(spec.dtype, b); });
+    return (spec.z ? inflate(bytes) : Promise.resolve(bytes)).then(function (b) {
+      var a = typed(spec.dtype, spec.s ? unshuffle(b, SIZE[spec.dtype]) : b);
+      if (spec.d) for (var i = 1; i < a.length; i++) a[i] = a[i - 1] + a[i];   // wraps like the integer type
+      return a;
+    });
+  }
+  // weights: moelab.codec's code16 (0 = zero; else the float32 bits (code + 65535) << 13);
+  // code16_drop0 stores ranks 1..k-1 and rank 0 is 1 - their float32 sum, as load_trace rebuilds it
+  function codeToFloat(c) {
+    var bits = new Uint32Array(c.length);
+    for (var i = 0; i < c.length; i++) bits[i] = c[i] ? (c[i] + 65535) * 8192 : 0;
+    return new Float32Array(bits.buffer);
+  }
+  function decodeWeights(spec) {
+    if (!spec) return Promise.resolve(null);
+    return decode(spec.data).then(function (a) {
+      if (spec.layout === "float32") return a;
+      var f = codeToFloat(a);
+      if (spec.layout === "code16") return f;
+      if (spec.layout !== "code16_drop0") throw new Error("unknown weights layout " + spec.layout);
+      var k = spec.k, kw = k - 1, rows = f.length / kw, out = new Float32Array(rows * k), fr = Math.fround;
+      for (var r = 0; r < rows; r++) {
+        var s = 0;
+        for (var j = 0; j < kw; j++) { var x = f[r * kw + j]; s = fr(s + x); out[r * k + 1 + j] = x; }
+        out[r * k] = fr(1 - s);
+      }
+      return out;
+    });
   }
 
   // ------------------------------------------------------------------ helpers
@@ -70,11 +105,13 @@
     var t0 = performance.now();
     root.classList.add("moelab-x");
     root.setAttribute("tabindex", "0");
-    var specs = [P.token_index, P.token_id, P.sequence_index, P.position, P.order];
-    P.filters.forEach(function (f) { specs.push(f.codes); });
-    P.runs.forEach(function (r) { specs.push(r.experts, r.weights, r.probs); });
-    return Promise.all(specs.map(decode)).then(function (arr) {
-      var D = { tokIndex: arr[0], tokId: arr[1], seqIndex: arr[2], position: arr[3], order: arr[4], filters: [], runs: [] };
+    var jobs = [P.token_index, P.ids, P.sequence_index, P.position, P.order].map(decode);
+    P.filters.forEach(function (f) { jobs.push(decode(f.codes)); });
+    P.runs.forEach(function (r) { jobs.push(decode(r.experts), decodeWeights(r.weights), decode(r.probs)); });
+    return Promise.all(jobs).then(function (arr) {
+      var order = arr[4];
+      if (!order) { order = new Uint32Array(P.tokens); for (var t = 0; t < P.tokens; t++) order[t] = t; }
+      var D = { tokIndex: arr[0], ids: arr[1], seqIndex: arr[2], position: arr[3], order: order, filters: [], runs: [] };
       var j = 5;
       P.filters.forEach(function (f) { D.filters.push({ name: f.name, categories: f.categories, codes: arr[j++] }); });
       P.runs.forEach(function () { D.runs.push({ experts: arr[j++], weights: arr[j++], probs: arr[j++] }); });
@@ -328,7 +365,7 @@
     function showToken(i) {
       S.hover = i;
       hoverBox.innerHTML = "";
-      var s = P.strings[D.tokIndex[i]], id = D.tokId[i] - 1;
+      var s = P.strings[D.tokIndex[i]], id = D.ids[D.tokIndex[i]] - 1;
       var head = el("div", "mx-head");
       head.appendChild(el("code", "mx-tokstr", JSON.stringify(s)));
       head.appendChild(el("span", null, " id " + (id < 0 ? "?" : id) + " \u00b7 sequence " + P.sequences[D.seqIndex[i]] +
@@ -459,5 +496,5 @@
     repaint();
   }
 
-  window.moelabExplorer = { version: VERSION, mount: mount, decode: decode };
+  window.moelabExplorer = { version: VERSION, mount: mount, decode: decode, decodeWeights: decodeWeights };
 })();

@@ -1,19 +1,28 @@
 """Pack a RoutingTrace into the compact JSON payload the explorer's JavaScript reads.
 
     >>> import numpy as np, moelab
-    >>> from moelab.explorer.payload import pack, unpack_array
-    >>> tr = moelab.RoutingTrace.from_arrays(np.array([[[0, 1]], [[2, 3]]]), num_experts=4)
+    >>> from moelab.explorer.payload import pack, unpack_array, unpack_weights
+    >>> tr = moelab.RoutingTrace.from_arrays(np.array([[[0, 1]], [[2, 3]]]), [[[0.75, 0.25]], [[0.5, 0.5]]], num_experts=4)
     >>> p = pack(tr)
     >>> unpack_array(p["runs"][0]["experts"]).reshape(2, 1, 2).tolist()
     [[[0, 1]], [[2, 3]]]
+    >>> unpack_weights(p["runs"][0]["weights"]).reshape(2, 1, 2).tolist()
+    [[[0.75, 0.25]], [[0.5, 0.5]]]
 
-Every array travels as `{"dtype": "uint8", "shape": [...], "b64": ..., "z": 1}`: the raw
-little-endian bytes of a typed array (the smallest integer type that holds the values),
-zlib-compressed when `z` is 1 (the browser inflates them with `DecompressionStream`), then
-base64. Token text is a table of the distinct token ids' strings plus one index per token.
-Weights keep the trace's own precision (fp16 bits travel as uint16, fp32 as float32), so the
-table shown on hover is the recorded weight, not a re-rounding of it. Router logits, when
-recorded, travel as their softmax (the router distribution) in fp16.
+Every array travels as `{"dtype": "uint8", "shape": [...], "b64": ..., "z": 1, "s": 0, "d": 0}`:
+the little-endian bytes of a typed array (the smallest integer type that holds the values),
+delta-coded when `d` is 1 (positions, the reading order: runs of +1 become runs of one byte),
+byte-shuffled when `s` is 1 (all first bytes, then all second bytes: the slowly varying high
+bytes of 16-bit weights compress), deflated (zlib) when `z` is 1 and base64-encoded; the browser
+inflates with `DecompressionStream` and undoes the rest (explorer.js `decode`).
+Token text is a vocabulary table (the distinct ids and their strings) plus one index per token.
+Weights travel at the store's 16-bit precision (`moelab.codec`, as `save_trace` writes them: for
+top-2 weights that sum to 1 only the second is stored), so the hover shows what a saved trace
+reloads, within half an fp16 step of the recorded value. Router logits, when recorded, travel as
+their softmax (the router distribution) in fp16.
+
+A 300k-token x 4-layer top-2 trace is about 3.5-4 MB (tests/test_explorer.py checks <= 5 MB
+on random routing, the incompressible case); 32 layers cost about 8x as much per token.
 
 Checks with messages that say what to do: an empty trace, a tokenizer whose vocabulary does
 not cover the trace's token ids, a comparison trace of other tokens, a trace above the
@@ -27,12 +36,15 @@ import zlib
 
 import numpy as np
 
-__all__ = ["MAX_TOKENS", "ExplorerInputError", "pack", "unpack_array", "token_texts", "category_columns"]
+from moelab.codec import decode_weights, encode_weights
 
-MAX_TOKENS = 200_000           # tokens one explorer holds (the 100k bench: bench/bench_explorer.py)
+__all__ = ["MAX_TOKENS", "ExplorerInputError", "pack", "pack_array", "unpack_array", "unpack_weights",
+           "token_texts", "category_columns"]
+
+MAX_TOKENS = 400_000           # tokens one explorer holds: ~5 MB at 4 layers (docs/explorer.md)
 MAX_CATEGORIES = 256           # a per-token column with at most this many values becomes a filter
 
-_LITTLE = {"uint8": "<u1", "uint16": "<u2", "uint32": "<u4", "int32": "<i4", "float32": "<f4"}
+_LITTLE = {"uint8": "<u1", "uint16": "<u2", "uint32": "<u4", "int32": "<i4", "float32": "<f4", "float16": "<u2"}
 
 
 class ExplorerInputError(ValueError):
@@ -53,28 +65,54 @@ def _smallest_int(a: np.ndarray) -> np.ndarray:
     raise ExplorerInputError(f"values {lo}..{hi} do not fit in int32; the explorer cannot show them")
 
 
-def pack_array(a: np.ndarray, *, compress: bool = True) -> dict:
-    """One typed array -> {"dtype", "shape", "b64", "z"} (see the module docstring)."""
+def pack_array(a: np.ndarray, *, compress: bool = True, shuffle: bool = False, delta: bool = False) -> dict:
+    """One typed array -> {"dtype", "shape", "b64", "z", "s", "d"} (see the module docstring)."""
     a = np.ascontiguousarray(a)
     name = a.dtype.name
+    if name not in _LITTLE:
+        raise TypeError(f"cannot pack dtype {a.dtype}; use one of {sorted(_LITTLE)}")
+    flat = a.reshape(-1).astype(_LITTLE[name], copy=False)
     if name == "float16":                       # JS has no Float16Array everywhere: ship the bits
-        a, name = a.view(np.uint16), "float16"
-    elif name not in _LITTLE:
-        raise TypeError(f"cannot pack dtype {a.dtype}; use one of {sorted(_LITTLE)} or float16")
-    raw = a.astype(_LITTLE.get(a.dtype.name, "<u2"), copy=False).tobytes()
-    z = int(compress)
-    data = zlib.compress(raw, 6) if z else raw
-    return {"dtype": name, "shape": list(a.shape), "b64": base64.b64encode(data).decode("ascii"), "z": z}
+        flat = a.reshape(-1).view(np.uint16).astype("<u2", copy=False)
+    delta = bool(delta) and a.dtype.kind in "ui" and flat.size > 1
+    if delta:                                   # wraps around in the array's own integer type
+        flat = np.concatenate([flat[:1], flat[1:] - flat[:-1]]).astype(flat.dtype)
+    raw = flat.tobytes()
+    size = flat.dtype.itemsize
+    shuffle = bool(shuffle) and size > 1
+    if shuffle:                                 # byte planes: all byte 0s, then all byte 1s, ...
+        raw = np.frombuffer(raw, np.uint8).reshape(-1, size).T.tobytes()
+    data = zlib.compress(raw, 6) if compress else raw
+    return {"dtype": name, "shape": list(a.shape), "b64": base64.b64encode(data).decode("ascii"),
+            "z": int(compress), "s": int(shuffle), "d": int(delta)}
 
 
 def unpack_array(spec: dict) -> np.ndarray:
-    """The inverse of `pack_array` (what the JavaScript does), for tests and for reading a payload back."""
+    """The inverse of `pack_array` (what explorer.js does), for tests and for reading a payload back."""
     raw = base64.b64decode(spec["b64"])
     if spec.get("z"):
         raw = zlib.decompress(raw)
+    dt = np.dtype(_LITTLE[spec["dtype"]])
+    if spec.get("s"):
+        raw = np.frombuffer(raw, np.uint8).reshape(dt.itemsize, -1).T.tobytes()
+    a = np.frombuffer(raw, dt)
+    if spec.get("d"):
+        a = np.cumsum(a, dtype=dt)              # modular, like the typed-array sum in the browser
     if spec["dtype"] == "float16":
-        return np.frombuffer(raw, "<u2").view(np.float16).reshape(spec["shape"])
-    return np.frombuffer(raw, _LITTLE[spec["dtype"]]).reshape(spec["shape"])
+        a = a.view(np.float16)
+    return a.reshape(spec["shape"]).astype(a.dtype.newbyteorder("="))
+
+
+def pack_weights(w: np.ndarray, *, compress: bool = True) -> dict:
+    """(tokens, layers, k) weights -> {"layout", "k", "data"}: the store's 16-bit code (moelab.codec)."""
+    layout, stored = encode_weights(np.asarray(w, np.float32))
+    return {"layout": layout, "k": int(w.shape[-1]),
+            "data": pack_array(stored, compress=compress, shuffle=True)}
+
+
+def unpack_weights(spec: dict) -> np.ndarray:
+    """The weights the browser shows: float32 (tokens, layers, k), as `load_trace` would reload them."""
+    return decode_weights(spec["layout"], unpack_array(spec["data"]), k=spec["k"])
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -156,17 +194,26 @@ def _check_trace(trace, what: str = "trace") -> None:
 
 
 def _check_size(trace, max_tokens: int) -> None:
-    if trace.num_tokens > max_tokens:
-        n_seq = len(np.unique(trace.sequence))
-        keep = max(1, int(n_seq * max_tokens / trace.num_tokens))
-        hint = "trace.select(np.isin(trace.sequence, np.unique(trace.sequence)[:%d]))" % keep
-        if "domain" in trace.columns:
-            hint += " or trace.select(trace.columns['domain'] == 'code')"
-        raise ExplorerInputError(
-            f"the trace holds {trace.num_tokens:,} tokens, above the explorer's limit of {max_tokens:,} "
-            f"(moelab.explorer.MAX_TOKENS): a page that large would freeze the browser. Show a slice, e.g. "
-            f"{hint}; or raise the limit with max_tokens=..."
-        )
+    T = trace.num_tokens
+    if T <= max_tokens:
+        return
+    seqs, counts = np.unique(trace.sequence, return_counts=True)
+    keep = int(np.searchsorted(np.cumsum(counts), max_tokens, side="right"))      # whole sequences that fit
+    ways = []
+    if keep:
+        ways.append(f"its first {keep:,} of {len(seqs):,} sequences: "
+                    f"trace.select(np.isin(trace.sequence, np.unique(trace.sequence)[:{keep}]))")
+    if "domain" in trace.columns:
+        doms, n = np.unique(np.asarray(trace.columns["domain"]).astype(str), return_counts=True)
+        fits = [d for d, c in zip(doms.tolist(), n.tolist()) if c <= max_tokens]
+        if fits:
+            ways.append(f"one domain: trace.select(trace.columns['domain'] == {fits[0]!r})")
+    ways.append(f"its first {max_tokens:,} tokens: trace.select(slice(0, {max_tokens}))")
+    raise ExplorerInputError(
+        f"the trace holds {T:,} tokens, above the explorer's limit of {max_tokens:,} "
+        f"(moelab.explorer.MAX_TOKENS; at 4 layers that is a ~5 MB page, and a page much larger loads slowly). "
+        f"Show a slice of it, e.g. {'; or '.join(ways)}. max_tokens=... raises the limit"
+    )
 
 
 def _check_same_tokens(a, b) -> None:
@@ -193,11 +240,7 @@ def _check_same_tokens(a, b) -> None:
 
 
 def _weights(trace, compress):
-    w = trace.weights
-    if w is None:
-        return None
-    w = np.asarray(w)
-    return pack_array(w if w.dtype in (np.float16, np.float32) else w.astype(np.float32), compress=compress)
+    return None if trace.weights is None else pack_weights(np.asarray(trace.weights), compress=compress)
 
 
 def _probs(trace, compress):
@@ -206,7 +249,7 @@ def _probs(trace, compress):
     lg = np.asarray(trace.logits, np.float32)                    # (tokens, layers, E)
     p = np.exp(lg - lg.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    return pack_array(p.astype(np.float16), compress=compress)
+    return pack_array(p.astype(np.float16), compress=compress, shuffle=True)
 
 
 def _routing(trace, compress) -> dict:
@@ -239,21 +282,29 @@ def pack(trace, tokenizer=None, *, compare=None, labels=("A", "B"), title: str |
     from moelab.plots.style import expert_colors, text_color
 
     colors = expert_colors(trace.num_experts)
-    payload = {
-        "version": 1,
+    order = np.lexsort((trace.position, trace.sequence))              # reading order: sequence by sequence
+    identity = bool(np.array_equal(order, np.arange(T)))
+    uniq_ids = np.unique(trace.token_id)
+    return {
+        "version": 2,
         "title": title or "",
         "tokens": T, "layers": L, "k": k, "num_experts": int(trace.num_experts),
         "layer_ids": layer_ids, "start_layer": start,
         "colors": colors, "text_colors": [text_color(c) for c in colors],
-        "strings": strings,
-        "token_index": pack_array(_smallest_int(tok_index), compress=compress),
-        "token_id": pack_array(_smallest_int(np.maximum(trace.token_id, -1) + 1), compress=compress),  # id + 1
+        "strings": strings,                                            # the vocabulary table ...
+        "ids": pack_array(_smallest_int(np.maximum(uniq_ids, -1) + 1), compress=compress, delta=True),  # ... its ids + 1
+        "token_index": pack_array(_smallest_int(tok_index), compress=compress),   # each token's row in it
         "sequences": seq_uniq.astype(np.int64).tolist(),
-        "sequence_index": pack_array(_smallest_int(seq_index), compress=compress),
-        "position": pack_array(_smallest_int(trace.position), compress=compress),
-        "order": pack_array(_smallest_int(np.lexsort((trace.position, trace.sequence))), compress=compress),
+        "sequence_index": pack_array(_smallest_int(seq_index), compress=compress, delta=True),
+        "position": pack_array(_smallest_int(trace.position), compress=compress, delta=True),
+        "order": None if identity else pack_array(_smallest_int(order), compress=compress, delta=True),
         "filters": filters,
         "labels": [str(labels[0]), str(labels[1])],
         "runs": [_routing(trace, compress)] + ([_routing(compare, compress)] if compare is not None else []),
     }
-    return payload
+
+
+def reading_order(payload: dict) -> np.ndarray:
+    """Token rows in reading order (sequence by sequence, by position), as the page lays them out."""
+    spec = payload["order"]
+    return np.arange(payload["tokens"]) if spec is None else unpack_array(spec).astype(np.int64)

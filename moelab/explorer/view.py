@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .payload import MAX_TOKENS, pack, unpack_array
+from .payload import MAX_TOKENS, pack, reading_order, unpack_array
 
 __all__ = ["Explorer", "show", "export_html", "asset"]
 
@@ -42,8 +42,8 @@ def asset(name: str) -> str:
 
 
 def _json_for_script(obj) -> str:
-    """JSON safe inside <script>: no '</' and no HTML-significant characters."""
-    s = json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+    """JSON safe inside <script>: no '</' and no HTML-significant characters (non-ASCII text kept as UTF-8)."""
+    s = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)     # the page is UTF-8: text as is
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -77,13 +77,13 @@ class Explorer:
     @property
     def nbytes(self) -> int:
         """Size of the inlined payload in bytes (what the page carries besides ~25 kB of code)."""
-        return len(self._data_json())
+        return len(self._data_json().encode("utf-8"))
 
     def _preview(self) -> str:
         from moelab.plots.tokens import token_colors_html
 
         P = self.payload
-        order = unpack_array(P["order"])[:PREVIEW_TOKENS]
+        order = reading_order(P)[:PREVIEW_TOKENS]
         idx = unpack_array(P["token_index"])
         ex = unpack_array(P["runs"][0]["experts"]).reshape(P["tokens"], P["layers"], P["k"])
         toks = [P["strings"][idx[i]] for i in order]
@@ -96,7 +96,7 @@ class Explorer:
         uid = f"moelab-x-{uuid.uuid4().hex[:12]}"
         self.payload["nbytes"] = 0
         data = self._data_json()
-        self.payload["nbytes"] = len(data)
+        self.payload["nbytes"] = len(data.encode("utf-8"))
         data = self._data_json()
         fallback = (
             f'<div class="mx-fallback">moelab explorer ({self.tokens:,} tokens): the interactive view needs '
@@ -151,7 +151,8 @@ def show(trace, tokenizer=None, *, compare=None, labels=("A", "B"), layer=None, 
     compare     a second trace of the same tokens (fp32 vs bf16, two checkpoints, ...): tokens whose
                 expert set differs at the shown layer are marked; labels names the two
     layer       the MoE layer shown first (a layer id of the trace; default its first)
-    max_tokens  refuse larger traces (default MAX_TOKENS = 200,000) with a message on slicing
+    max_tokens  refuse larger traces (default MAX_TOKENS = 400,000, a ~5 MB page at 4 layers) with a
+                message on how to slice
     """
     tok = _auto_tokenizer(trace, tokenizer)
     return Explorer(pack(trace, tok, compare=compare, labels=labels, title=title, layer=layer, max_tokens=max_tokens))
