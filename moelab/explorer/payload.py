@@ -21,7 +21,7 @@ top-2 weights that sum to 1 only the second is stored), so the hover shows what 
 reloads, within half an fp16 step of the recorded value. Router logits, when recorded, travel as
 their softmax (the router distribution) in fp16.
 
-A 300k-token x 4-layer top-2 trace is about 3.5-4 MB (tests/test_explorer.py checks <= 5 MB
+A 300k-token x 4-layer top-2 trace is about 4.2 MB at most (tests/test_explorer.py checks <= 5 MB
 on random routing, the incompressible case); 32 layers cost about 8x as much per token.
 
 Checks with messages that say what to do: an empty trace, a tokenizer whose vocabulary does
