@@ -58,13 +58,16 @@ def _torch_dtype(dtype):
 
 
 def _build(config, dtype, device, seed: int, experts_implementation=None):
+    """A random-init model of `config`, created directly on `device` (initialising a full-size layer on
+    the host first takes minutes on a GPU machine)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     kw = {"experts_implementation": experts_implementation} if experts_implementation else {}
-    model = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(dtype), **kw)
-    return model.to(device).eval()
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=_torch_dtype(dtype), **kw)
+    return model.eval()
 
 
 def check_experts_implementations(model, names=EXPERTS_IMPLEMENTATIONS, device="cpu") -> dict[str, str | None]:
@@ -88,6 +91,11 @@ def check_experts_implementations(model, names=EXPERTS_IMPLEMENTATIONS, device="
     if first:
         model.set_experts_implementation(first)
     return ok
+
+
+def _cache_of(output):
+    """The KV cache a forward returned, whatever this transformers version calls the field."""
+    return next(v for v in output.values() if hasattr(v, "get_seq_length"))
 
 
 def _variants(config, dense_configs: dict, dtype, device, seed, impls):
@@ -138,6 +146,9 @@ def _measure(config, dense_configs, batch_sizes, seq_lens, dtype, device, impls,
     """Raw timings: one row per (model, impl, phase, batch, seq_len)."""
     import torch
 
+    from .tracer_overhead import cache_keyword
+
+    cache_kw = cache_keyword()   # `cache` from transformers 5.24, `past_key_values` before
     variants, skipped = _variants(config, dense_configs, dtype, device, seed, impls)
     fast_impl = next((i for _, i, _ in variants if i), None)  # builds the KV caches (any impl gives the same cache)
     rows = []
@@ -154,7 +165,7 @@ def _measure(config, dense_configs, batch_sizes, seq_lens, dtype, device, impls,
                     with torch.no_grad():
                         if impl:
                             model.set_experts_implementation(fast_impl)
-                        caches[id(model)] = model(prompt, use_cache=True, logits_to_keep=1).past_key_values
+                        caches[id(model)] = _cache_of(model(prompt, use_cache=True, logits_to_keep=1))
                 cache = caches[id(model)]
                 switch = (lambda m=model, i=impl: m.set_experts_implementation(i)) if impl else (lambda: None)
 
@@ -170,7 +181,7 @@ def _measure(config, dense_configs, batch_sizes, seq_lens, dtype, device, impls,
 
                 def decode(m=model, c=cache):
                     with torch.no_grad():
-                        m(step, past_key_values=c, use_cache=True, logits_to_keep=1)
+                        m(step, **{cache_kw: c}, use_cache=True, logits_to_keep=1)
 
                 prefill_fns[key] = (switch, prefill)
                 decode_fns[key] = (trim_and_switch, decode)
