@@ -218,3 +218,15 @@ def test_my_bench_scripts_have_no_timing_loop_of_their_own():
     for f in ("bench/bench_tracer.py", "bench/bench_moe_vs_dense.py", "moelab/bench/tracer_overhead.py",
               "moelab/bench/moe_vs_dense.py"):
         assert "perf_counter" not in (root / f).read_text(), f
+
+
+def test_save_results_writes_list_metadata_as_one_json_string_per_row(tmp_path):
+    # run_full_size's meta holds measured_depths=[1, 2]; pandas would try to broadcast the list
+    import pandas as pd
+
+    from moelab.bench.harness import save_results
+
+    df = pd.DataFrame({"tokens": [1, 2, 3]})
+    df.attrs["meta"] = {"measured_depths": [1, 2], "device_name": "cpu"}
+    back = pd.read_csv(save_results(df, tmp_path / "r.csv"))
+    assert list(back.meta_measured_depths) == ["[1, 2]"] * 3 and list(back.meta_device_name) == ["cpu"] * 3

@@ -156,8 +156,8 @@ def save_results(df, path, meta: dict | None = None):
         p.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     elif p.suffix == ".csv":
         out = df.copy()
-        for k, v in meta.items():
-            out[f"meta_{k}"] = v
+        for k, v in meta.items():   # lists and dicts as one JSON string per row (pandas would broadcast a list)
+            out[f"meta_{k}"] = v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v)
         out.to_csv(p, index=False)
     else:
         raise ValueError(f"save_results: unknown extension in {str(path)!r}; use .csv or .json")
