@@ -16,14 +16,16 @@
 # %% [markdown]
 # # 02 · Tracing a model
 #
-# **What you learn.** How to record every routing decision of a model with `moelab.trace`:
-# on a plain forward pass and on `generate` (a batch of two prompts, left-padded); what the
-# resulting `RoutingTrace` holds and its per-token table (`to_pandas`); the layer × expert
-# load heatmap and per-layer balance statistics; saving a trace to Parquet and reading it back
-# — with moelab, and with pandas, DuckDB and Polars directly, no moelab needed; and the
-# `moelab trace` command line for tracing a corpus to disk.
+# **What you will learn.**
+# * how to record every routing decision of a model with `moelab.trace`, on a forward pass and
+#   on `generate` (a batch of two left-padded prompts);
+# * what a `RoutingTrace` holds: per token, its experts and their weights at every MoE layer;
+# * how to look at it: the interactive explorer (`moelab.show`), the per-token table, the layer ×
+#   expert load heatmap, and per-layer balance statistics, with a reading of what they say.
 #
-# **Needs.** The embedded model `moelab-mixtral-tiny` (CPU). **Takes** 37 s (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01).
+# **What you need.** Notebook 01 (what a router computes). The embedded model
+# `moelab-mixtral-tiny` on CPU. Saving traces and reading them with pandas, DuckDB, Polars and
+# the `moelab trace` command are in the appendix, notebook 10.
 #
 # **On real Mixtral 8x7B.** Set `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16
 # MOELAB_DEVICE=cuda` (≈ 94 GB of fp16 weights: one 141 GB GPU, two 80 GB GPUs, or
@@ -38,34 +40,29 @@ from pathlib import Path
 MODEL = os.environ.get("MOELAB_MODEL") or None             # None = the embedded moelab-mixtral-tiny
 DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = CUDA fp16; CPU bf16 where native, else fp32
 DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
-DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "12"))
+DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "4"))
 SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
 FIGURES = os.environ.get("MOELAB_FIGURES") or None        # None = out/figures/ (untracked); `moelab figures` -> figures/
 FAST = os.environ.get("MOELAB_FAST", "0") == "1"            # 1 = small slices (tests)
 
 # %%
 # %matplotlib inline
-import subprocess
-import sys
-import tempfile
-
 import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
 
 import moelab
-from moelab.notebooks import figures_dir, resolve_device_dtype
 from moelab.data import load_documents
-from moelab.notebooks import trace_documents
+from moelab.notebooks import figures_dir, resolve_device_dtype, trace_documents
 from moelab.plots import load_heatmap, save
+from moelab.readings import balance_reading
 
 FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
 device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # prints its choice: cuda fp16; cpu bf16 only where native
 if FAST:
     DOCS_PER_DOMAIN, SEQ_LEN = min(DOCS_PER_DOMAIN, 2), min(SEQ_LEN, 128)
-RUNS = Path(tempfile.mkdtemp(prefix="moelab-nb02-"))        # trace files of this notebook
 pd.set_option("display.precision", 4)
 
 model, tok = moelab.load_model(MODEL, dtype=dtype, device_map="auto" if device == "cuda" else None)
@@ -76,9 +73,14 @@ print(f"{type(model).__name__}: {cfg.num_hidden_layers} layers, hidden {cfg.hidd
 # %% [markdown]
 # ## 1. A forward pass
 #
-# `moelab.trace(model)` is a context manager: it hooks every router (`layers.{i}.router`),
-# records what each returns during the block, removes its hooks on exit and fills the trace.
-# The model computes exactly what it computes without tracing.
+# `moelab.trace(model)` is a context manager: it hooks every router, records what each returns
+# during the block, removes its hooks on exit and fills the trace. The model computes exactly
+# what it computes without tracing.
+#
+# **Two names for one router.** In transformers the router of decoder layer *i* is the module
+# `model.model.layers[i].mlp.gate` (notebook 01 took it apart); moelab calls the same hook point
+# `layers.{i}.router`, a name that stays the same across architectures (OLMoE, Qwen-MoE,
+# DeepSeek), whose module paths differ. `tr.layer_ids` are the *i*s.
 
 # %%
 enc = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt").to(model.device)
@@ -88,15 +90,14 @@ print(tr)
 print("experts:", tr.experts.shape, "(tokens, layers, k)   weights:", tr.weights.shape, tr.weights.dtype)
 
 # %% [markdown]
-# The same trace in the interactive explorer: every token on the colour of its first-choice
-# expert; ←/→ (or the slider) switches the layer, hovering a token shows its experts and weights
-# in every layer, clicking an expert highlights its tokens. `moelab.explorer.show(tr).save(path)`
-# writes it as one HTML file that opens anywhere, offline (docs/explorer.md).
+# The same trace in the interactive explorer, `moelab.show`: every token on the colour of its
+# first-choice expert; ←/→ (or the slider) switches the layer, hovering a token shows its
+# experts and weights in every layer, clicking an expert highlights its tokens.
+# `moelab.show(tr, tok).save(path)` writes it as one HTML file that opens anywhere, offline
+# (docs/explorer.md).
 
 # %%
-from moelab.explorer import show
-
-show(tr, tok)
+moelab.show(tr, tok)
 
 # %% [markdown]
 # `tr.experts[t, l, r]` is the expert token *t* was sent to at MoE layer *l* as its choice *r*
@@ -107,6 +108,22 @@ show(tr, tok)
 df = tr.to_pandas()
 df["token"] = tok.token_strings(df["token_id"])
 df.head(2 * tr.num_layers * tr.top_k)
+
+# %% [markdown]
+# ### Exercise 1: how many rows?
+#
+# Before running `len(df)`: how many rows does the long table have, in terms of the trace's
+# `num_tokens`, `num_layers` and `top_k`? Write it as an expression.
+
+# %%
+n_rows = None           # your answer, from tr.num_tokens, tr.num_layers, tr.top_k
+
+# %% tags=["solution"]
+n_rows = tr.num_tokens * tr.num_layers * tr.top_k        # one row per (token, layer, rank)
+
+# %%
+assert n_rows == len(df), f"{n_rows} != {len(df)}"
+print(f"correct: {tr.num_tokens} tokens x {tr.num_layers} layers x top-{tr.top_k} = {len(df)} rows")
 
 # %% [markdown]
 # A wide view is often easier to read: one row per token, the first and second choice of
@@ -156,7 +173,8 @@ frame[frame.sequence == 0]
 #
 # Trace a slice of the held-out corpus — `DOCS_PER_DOMAIN` documents of each of the 12
 # domains cut into windows of `SEQ_LEN` tokens (the same windows `moelab trace --corpus`
-# makes) — and look at how evenly each layer uses its experts.
+# makes) — and look at how evenly each layer uses its experts. With uniform use every
+# cell of a row of the heatmap would be 1/E.
 
 # %%
 docs = {d: ds[:DOCS_PER_DOMAIN] for d, ds in load_documents("heldout").items()}
@@ -173,104 +191,61 @@ bal.to_csv(FIGURES / "02_balance.csv")
 bal[["tokens", "cv", "maxvio", "entropy"]]
 
 # %% [markdown]
-# `cv` (coefficient of variation of the per-expert load), `maxvio` (how much the busiest
-# expert exceeds the mean) and the normalised `entropy` (1 = uniform) summarise each row of
-# the heatmap. The auxiliary-loss columns (`switch_aux`, `hf_aux`, `z_loss`) need the full
-# router logits: trace with `moelab.trace(model, logits=True)` to get them. Per domain:
+# `cv` (coefficient of variation of the per-expert load: 0 = every expert equally used),
+# `maxvio` (how much the busiest expert exceeds the mean) and the normalised `entropy`
+# (1 = uniform) summarise each row of the heatmap. The auxiliary-loss columns (`switch_aux`,
+# `hf_aux`, `z_loss`, introduced in notebook 01) need the full router logits: trace with
+# `moelab.trace(model, logits=True)` to get them.
+#
+# **What do these numbers mean for this model?** `balance_reading` reads each layer against
+# two thresholds: *balanced* when every expert gets at least 4 % of the layer's assignments
+# and the CV is at most 0.35 (the targets moelab set for a Mixtral-like model; Mixtral's own
+# Figure 7 shows near-uniform expert use per layer), *collapsed* when some expert gets under
+# 1 % (it is nearly never trained or used), *uneven* in between. A collapsed layer is not
+# "normal routing": notebooks 03 and 04 measure locality and specialization against
+# baselines that account for the load, and notebook 09 shows how a balance loss that pools
+# the layers lets single layers collapse.
+
+# %%
+reading = balance_reading(corpus_tr)
+display(reading.round(3))
+for verdict, layers in reading.groupby("reading").groups.items():
+    print(f"{verdict}: layers {list(layers)}")
+
+# %% [markdown]
+# Per domain, the normalised entropy of each layer's load (does any domain use fewer experts?):
 
 # %%
 moelab.metrics.balance(corpus_tr, by="domain")["entropy"].unstack("layer").round(3)
 
 # %% [markdown]
-# ## 4. Save, reload — and read the file without moelab
+# ### Exercise 2: the CV from the heatmap
 #
-# `tr.save(path)` writes one zstd-compressed Parquet file, one row per token; routing is
-# stored as fixed-size lists (`experts`: layers × k ids, row-major (layer, rank)). Per-token
-# columns such as `domain` become ordinary columns.
+# `moelab.metrics.expert_load(corpus_tr)` returns each (layer, expert)'s `count` of
+# assignments. Compute the CV of the last layer's load yourself (population standard deviation
+# over the mean) and check it against `bal["cv"]`.
 
 # %%
-path = RUNS / "heldout.parquet"
-corpus_tr.save(path)
-back = moelab.load_trace(path)
-assert np.array_equal(back.experts, corpus_tr.experts) and np.array_equal(back.columns["domain"], corpus_tr.columns["domain"])
-print(f"{path.stat().st_size / 1e3:.0f} kB for {back.num_tokens:,} tokens -> {back}")
+my_cv = None            # your answer: a float
+
+# %% tags=["solution"]
+counts = moelab.metrics.expert_load(corpus_tr)["count"].loc[corpus_tr.layer_ids[-1]].to_numpy(float)
+my_cv = counts.std() / counts.mean()
+
+# %%
+assert my_cv is not None and np.isclose(my_cv, bal["cv"].iloc[-1]), (my_cv, bal["cv"].iloc[-1])
+print(f"correct: CV of layer {corpus_tr.layer_ids[-1]} = {my_cv:.3f}")
 
 # %% [markdown]
-# **pandas** reads it as it is (the list columns become numpy arrays per row):
-
-# %%
-raw = pd.read_parquet(path)
-print(raw.dtypes.to_string())
-K = corpus_tr.top_k
-raw["first_expert_layer0"] = raw["experts"].map(lambda e: int(e[0]))
-raw.groupby("domain")["first_expert_layer0"].agg(lambda s: s.value_counts(normalize=True).idxmax()).rename("most used expert, layer 0")
-
-# %% [markdown]
-# **DuckDB** queries the file in place with SQL. Lists are 1-based: layer *l*'s first choice is
-# `experts[l * k + 1]`.
-
-# %%
-import duckdb
-
-last = corpus_tr.num_layers - 1
-duckdb.sql(f"""
-    SELECT domain,
-           count(*)                                                   AS tokens,
-           avg(CASE WHEN experts[1] = 0 THEN 1 ELSE 0 END)            AS share_expert0_layer0,
-           avg(CASE WHEN experts[{last * K + 1}] = 0 THEN 1 ELSE 0 END) AS share_expert0_last_layer
-    FROM '{path}'
-    GROUP BY domain ORDER BY domain
-""").df()
-
-# %% [markdown]
-# **Polars**, lazily: `arr.get(i)` is 0-based.
-
-# %%
-import polars as pl
-
-(pl.scan_parquet(path)
-   .with_columns(pl.col("experts").arr.get(0).alias("l0_first"), pl.col("experts").arr.get(1).alias("l0_second"))
-   .group_by("l0_first")
-   .agg(pl.len().alias("tokens"), pl.col("l0_second").mode().first().alias("most common partner"))
-   .sort("l0_first")
-   .collect())
-
-# %% [markdown]
-# ## 5. The `moelab trace` command
+# ## Summary
 #
-# For corpora too large to hold in memory the command line streams Parquet parts to a folder
-# (bounded memory; a killed run leaves every flushed part readable), and runs data-parallel
-# under `torchrun`. On the embedded model, all domains:
+# * `with moelab.trace(model) as tr:` records, for every token the model reads, its top-k
+#   experts and weights at every MoE layer (`tr.experts`, `tr.weights`: tokens × layers × k);
+#   tracing changes nothing the model computes, also under `generate` with padding.
+# * `moelab.show(tr, tok)` explores it interactively; `to_pandas()` / `token_frame()` give
+#   tables; `metrics.balance` and `balance_reading` say how evenly each layer uses its experts.
+# * `tr.save(path)` / `moelab.load_trace(path)` keep a trace as Parquet (notebook 10).
 #
-# ```bash
-# moelab trace --corpus heldout --seq-len 256 --out runs/heldout
-# ```
-#
-# and on real Mixtral:
-#
-# ```bash
-# moelab trace --model mistralai/Mixtral-8x7B-v0.1 --dtype float16 --device cuda \
-#              --corpus heldout --out runs/mixtral-heldout
-# ```
-#
-# Here a tiny slice (two domains, one document each, 64-token windows), run as a subprocess:
-
-# %%
-cli_out = RUNS / "cli-trace"
-cmd = [sys.executable, "-m", "moelab.cli", "trace", "--corpus", "heldout", "--domains", "code", "fiction",
-       "--max-docs", "1", "--seq-len", "64", "--batch-size", "8", "--device", "cpu" if device == "cpu" else device,
-       "--out", str(cli_out)]
-if MODEL:
-    cmd += ["--model", MODEL]
-if DTYPE:
-    cmd += ["--dtype", DTYPE]
-print("$ moelab", " ".join(cmd[3:]))
-env = {**os.environ, "TQDM_DISABLE": "1"}
-if MODEL is None:
-    env["OMP_NUM_THREADS"] = "1"            # as above: the tiny model runs best on one thread
-res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-print(res.stdout[-2000:], res.stderr[-2000:] if res.returncode else "")
-assert res.returncode == 0, "moelab trace failed"
-cli_tr = moelab.load_trace(cli_out)
-print(sorted(p.name for p in cli_out.rglob("*.parquet")), "->", cli_tr)
-cli_tr.token_frame().groupby("domain").agg(windows=("sequence", "nunique"), tokens=("sequence", "size"))
+# **Where next.** Notebook 03 traces the whole held-out corpus and reproduces the Mixtral
+# paper's routing analysis, with baselines that account for how unevenly experts are loaded.
+# Notebook 10 (appendix) shows how to work with trace files outside moelab.
