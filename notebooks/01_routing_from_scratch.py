@@ -16,17 +16,20 @@
 # %% [markdown]
 # # 01 · Routing from scratch
 #
-# **What you learn.** What a Mixtral MoE layer computes for one token, written out with
-# `einops` on small tensors: hidden state → router logits → softmax → top-2 → renormalised
-# weights → weighted sum of two SwiGLU experts. We check every step against transformers'
-# own `MixtralSparseMoeBlock` with `torch.allclose`. Then: why training needs a
-# load-balancing loss (a collapsed router vs a balanced one, measured with
-# `moelab.metrics.balance`), and what a fixed expert *capacity* would drop
-# (`moelab.metrics.capacity_drops`) on a real routing trace.
+# **What you will learn.**
+# * where the MoE layer sits in a transformer block, and what it computes for one token:
+#   hidden state → router logits → softmax → top-2 → renormalised weights → weighted sum of
+#   two SwiGLU experts, written with `einops` and checked with `torch.allclose` against
+#   transformers' own `MixtralSparseMoeBlock`;
+# * why renormalising the top-k weights matters, and that not every MoE does it (OLMoE);
+# * why training needs a load-balancing loss, what the Switch auxiliary loss and the router
+#   z-loss measure (`moelab.metrics.balance`), and how to read them;
+# * what a fixed expert *capacity* would drop (`moelab.metrics.capacity_drops`), on synthetic
+#   routers and on a real routing trace.
 #
-# **Needs.** Nothing but CPU: a tiny random Mixtral block built from a config, synthetic
-# routers, and (last section) the embedded model `moelab-mixtral-tiny`.
-# **Takes** 15 s (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01).
+# **What you need.** Python, PyTorch and a little linear algebra; nothing but a CPU. A tiny
+# random Mixtral block built from a config, synthetic routers, and (last section) the
+# embedded model `moelab-mixtral-tiny`.
 #
 # **On real Mixtral 8x7B.** Parts 1–2 use no weights. For the capacity section on the real
 # model set `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16 MOELAB_DEVICE=cuda`
@@ -34,7 +37,7 @@
 #
 # References: Jiang et al. 2024, *Mixtral of Experts* (arXiv:2401.04088) §2.1;
 # Shazeer et al. 2017 (arXiv:1701.06538); Fedus et al. 2021, *Switch Transformer* (arXiv:2101.03961);
-# Lepikhin et al. 2020, *GShard* (arXiv:2006.16668).
+# Lepikhin et al. 2020, *GShard* (arXiv:2006.16668); Zoph et al. 2022, *ST-MoE* (arXiv:2202.08906).
 
 # %% tags=["parameters"]
 # Parameters (papermill style): every value comes from an environment variable, with a default.
@@ -64,7 +67,9 @@ from moelab.data import load_documents
 from moelab.metrics import balance, capacity_drops
 from moelab.models import DEFAULT_MODEL
 from moelab.notebooks import trace_documents
-from moelab.plots import load_heatmap, save, use_style
+from moelab.plots import load_heatmap, save
+from moelab.plots.diagrams import capacity_drops_plot
+from moelab.readings import balance_reading, nearest_row
 
 FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
@@ -77,12 +82,28 @@ print(f"moelab {moelab.__version__} | device {device} | dtype {dtype} | figures 
 # %% [markdown]
 # ## 1. One MoE layer, step by step
 #
+# In every decoder layer of Mixtral the MoE block replaces the dense MLP: after attention and
+# its residual add, the normalised hidden state of each token goes to the **router**, which
+# picks k = 2 of E = 8 **experts** (each a SwiGLU MLP); their outputs, weighted by the router,
+# are summed and added back to the residual stream. Everything else in the block (attention,
+# norms, residuals) is shared by all experts.
+
+# %%
+from moelab.plots.diagrams import moe_block_diagram
+
+fig = moe_block_diagram()
+save(fig, "01_moe_block", outdir=FIGURES)
+fig
+
+# %% [markdown]
 # A tiny random Mixtral (hidden size H = 16, expert width I = 32, E = 8 experts, top-k = 2),
 # in float32 so that our re-implementation can match it to rounding error. In transformers 5
 # the MoE block of layer *i* is `model.model.layers[i].mlp`:
 #
 # * `block.gate` is the router (`MixtralTopKRouter`): one weight matrix `W_g` of shape (E, H);
-#   it returns `(logits, weights, indices)`;
+#   it returns `(logits, weights, indices)`. Its module path in the model is
+#   `model.layers.{i}.mlp.gate`; moelab's tracer (notebook 02) hooks exactly this module and
+#   calls it `layers.{i}.router`, a name that is the same for every supported architecture;
 # * `block.experts.gate_up_proj` (E, 2I, H) holds every expert's gate and up projections
 #   stacked, `block.experts.down_proj` (E, H, I) their down projections.
 
@@ -124,6 +145,24 @@ pd.DataFrame({"expert 1": top_i[:, 0], "weight 1": weights[:, 0], "expert 2": to
               "p(top-2) before renorm": top_p.sum(-1)}).rename_axis("token")
 
 # %% [markdown]
+# **Why renormalise?** After the top-2 the two probabilities sum to `p(top-2)` (last column
+# above), anywhere between 2/E and 1. Renormalised, the block's output is a weighted *average*
+# of two expert outputs, whose scale does not depend on how confident the router is; without
+# renormalisation the output shrinks when the router spreads its probability over many
+# experts, and the residual stream sees a router-dependent scale. Renormalising also changes
+# what the router learns: with k = 1 the only weight would always be 1 and the router would
+# get no gradient from the language-modelling loss, which is why Switch Transformer (k = 1)
+# multiplies by the unnormalised probability. Not every MoE renormalises: transformers'
+# `OlmoeConfig` defaults to `norm_topk_prob=False`, and the released OLMoE checkpoints keep
+# it, so OLMoE mixes its top-8 experts with the raw softmax probabilities (they sum to less
+# than 1). Mixtral's router in transformers always renormalises.
+
+# %%
+raw_weights = top_p                                              # OLMoE-style: no renormalisation
+print("sum of the top-2 weights, renormalised (Mixtral):", weights.sum(-1).numpy().round(3))
+print("sum of the top-2 weights, raw softmax (OLMoE):   ", raw_weights.sum(-1).numpy().round(3))
+
+# %% [markdown]
 # **Experts.** Each expert is a SwiGLU MLP, `down(silu(gate(x)) ⊙ up(x))`. We gather the
 # weights of each token's two experts and apply them with `einsum`; the layer's output is the
 # router-weighted sum of the two expert outputs.
@@ -158,15 +197,32 @@ print(f"expert FLOPs: dense-over-all-experts / top-{k} = {E / k:.0f}x")
 # Nothing in next-token cross-entropy asks the router to spread tokens. Early in training
 # the experts that happen to get more tokens get more gradient, improve faster, and so attract
 # even more tokens: the router can *collapse* onto a few experts, leaving the others untrained
-# (Shazeer et al. 2017). Mixtral, like Switch Transformer, adds an auxiliary loss
+# (Shazeer et al. 2017, §4 and appendix A). Switch Transformer (Fedus et al. 2021, §2.2,
+# eq. 4) adds an auxiliary loss per MoE layer,
 #
 # $$\mathcal{L}_{aux} = E \sum_i f_i \, P_i ,$$
 #
-# with $f_i$ the share of tokens routed to expert $i$ and $P_i$ the mean router probability of
-# $i$; it is smallest when both are uniform (transformers' convention, `hf_aux`, equals k at
-# perfect balance). Below: synthetic routers over the same 4,096 random tokens, from balanced
-# (bias 0) to collapsed (a growing bias towards experts 0 and 1). Each row of the trace's
-# "layer" axis is one synthetic router.
+# with $f_i$ the share of the batch's tokens routed to expert $i$ and $P_i$ the mean router
+# probability of $i$; it is smallest, 1, when both are uniform. The Mixtral paper does not
+# describe its training loss; transformers' Mixtral implements this loss
+# (`load_balancing_loss_func`, switched on by `output_router_logits=True` and weighted by
+# `router_aux_loss_coef`), counting all top-k slots, so at perfect balance it equals k — the
+# `hf_aux` column below (`switch_aux` is the Switch form, first choices only).
+#
+# One detail of that implementation is the subject of notebook 09: it concatenates the router
+# outputs of **all layers** before computing $f_i$ and $P_i$, so it balances the load pooled
+# over layers, not each layer. A model whose layers each favour different experts can look
+# balanced to it.
+#
+# **The router z-loss** (ST-MoE, Zoph et al. 2022, eq. 5) is the other common router loss:
+# $\mathcal{L}_z = \frac{1}{T}\sum_t \big(\log\sum_i e^{x_{t,i}}\big)^2$, the squared
+# log-sum-exp of each token's router logits. It does not balance anything: it keeps the logits
+# small, so that the softmax stays numerically stable in low precision (notebook 06 shows
+# what rounding does to near-ties). The `z_loss` column below is its value.
+#
+# Below: synthetic routers over the same 4,096 random tokens, from balanced (bias 0) to
+# collapsed (a growing bias towards experts 0 and 1). Each row of the trace's "layer" axis is
+# one synthetic router.
 
 # %%
 rng = np.random.default_rng(0)
@@ -195,16 +251,44 @@ fig
 # max-violation `maxvio` (the busiest expert's excess over the mean) grow, the entropy falls
 # and the auxiliary loss rises towards its maximum of E = 8 (every token's two slots on the
 # same two experts, with probability ≈ ½ each). Minimising $\mathcal{L}_{aux}$ pushes the
-# router back to the top row.
+# router back to the top row. `z_loss` grows with the bias too, because the favoured logits
+# grow; a z-loss alone would shrink all logits, not spread the tokens.
 
 # %% [markdown]
 # ## 3. Capacity and dropped tokens
 #
-# Systems that batch tokens per expert with fixed-size buffers (GShard, Switch) give each
-# expert a capacity $C = \lceil cf \cdot k \cdot T / E \rceil$ per batch of T tokens;
+# Systems that batch tokens per expert with fixed-size buffers (GShard §2.2, Switch §2.2)
+# give each expert a capacity $C = \lceil cf \cdot k \cdot T / E \rceil$ per batch of T tokens;
 # assignments beyond C are *dropped* (the token skips that expert, the residual carries it).
-# Mixtral in transformers/vLLM drops nothing, but the simulation shows what an imbalance would
-# cost under a capacity factor `cf`. First the synthetic routers:
+# Mixtral in transformers and vLLM drops nothing, but the simulation shows what an imbalance
+# would cost under a capacity factor `cf`. The picture: one batch of tokens dispatched into
+# the experts' buffers, which fill and overflow.
+
+# %%
+from moelab.plots.diagrams import capacity_buffers_diagram
+
+fig = capacity_buffers_diagram()
+save(fig, "01_capacity_buffers", outdir=FIGURES)
+fig
+
+# %% [markdown]
+# ### Exercise 1: the size of a buffer
+#
+# A batch of T = 4,096 tokens, top-2 of 8 experts, capacity factor 1.25: how many assignments
+# fit in each expert's buffer? Compute it by hand (integers only), then check.
+
+# %%
+my_capacity = None      # your answer: an int
+
+# %% tags=["solution"]
+my_capacity = -(-125 * 2 * 4096 // (100 * 8))                 # ceil(1.25 * 2 * 4096 / 8)
+
+# %%
+assert my_capacity == moelab.metrics.capacity(1.25, 4096, 2, 8), my_capacity
+print(f"correct: C = {my_capacity} assignments per expert per batch")
+
+# %% [markdown]
+# Dropped assignments of the synthetic routers, per capacity factor:
 
 # %%
 cfs = [1.0, 1.25, 1.5, 2.0, 3.0]
@@ -214,11 +298,12 @@ syn_drops.round(4)
 
 # %% [markdown]
 # Now a real routing trace: the embedded model on a slice of the held-out corpus (all 12
-# domains, consecutive tokens in recording order form the batches).
+# domains; consecutive tokens in recording order form the batches, so a batch of 512 tokens
+# holds two windows of one document).
 
 # %%
 model, tok = moelab.load_model(MODEL, dtype=dtype, device_map="auto" if device == "cuda" else None)
-docs = {d: ds[: max(1, DOCS_PER_DOMAIN // 4)] for d, ds in load_documents("heldout").items()}
+docs = {d: ds[: max(1, DOCS_PER_DOMAIN // 6)] for d, ds in load_documents("heldout").items()}
 tr = trace_documents(model, tok, docs, seq_len=SEQ_LEN, desc="trace held-out slice")
 MODEL_NAME = Path(str(MODEL or DEFAULT_MODEL)).name
 print(tr)
@@ -227,27 +312,65 @@ drops.to_csv(FIGURES / "01_capacity_drops.csv")
 drops["dropped"].unstack("capacity_factor").round(4)
 
 # %%
-with use_style():
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.0, 3.4), layout="constrained")
-    ax = fig.add_subplot()
-    colors = moelab.plots.group_colors(list(tr.layer_ids))           # one colour per layer
-    for (bs, layer), s in drops["dropped"].groupby(["batch_size", "layer"]):
-        s = s.droplevel(["layer", "batch_size"])
-        ax.plot(s.index, 100 * s.values, marker="o", ms=3, ls="-" if bs == 4096 else "--",
-                color=colors[layer], label=f"layer {layer}, batch {bs}")
-    ax.set_xlabel("capacity factor cf")
-    ax.set_ylabel("assignments dropped (%)")
-    ax.set_title(f"Dropped expert assignments, {MODEL_NAME}")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), ncols=1 if tr.num_layers <= 8 else 2)
+fig = capacity_drops_plot(drops, title=f"Dropped expert assignments, {MODEL_NAME}")
 save(fig, "01_capacity_drops", outdir=FIGURES)
 fig
 
 # %% [markdown]
-# Small batches drop more than large ones at the same `cf`: with T = 512 a few busy experts
-# overflow their buffer by chance, while over 4,096 tokens the load averages out. A
-# well-balanced router (the synthetic bias-0 row) needs `cf` ≈ 1.25 to drop almost nothing; a
-# collapsed one needs `cf` → E/k, i.e. capacity for the dense worst case. Compare each real
-# layer with the synthetic rows to see how unbalanced it is: the embedded model was trained
-# dropless, so nothing pushed its layers towards a small `cf` beyond the auxiliary loss.
+# **Reading it.** Small batches drop more than large ones at the same `cf`: with T = 512 a few
+# busy experts overflow their buffer by chance, while over 4,096 tokens the load averages
+# out. A well-balanced router (the synthetic bias-0 row) needs `cf` ≈ 1.25 to drop almost
+# nothing; a collapsed one needs `cf` → E/k, capacity for the dense worst case. Where does
+# each layer of this model stand? The synthetic router whose drops at `cf` = 1.25 (batches of
+# 4,096) are closest, and each layer's balance reading (notebook 02):
+
+# %%
+at = drops["dropped"].xs(4096, level="batch_size").xs(1.25, level="capacity_factor").rename(1.25)
+verdict = pd.DataFrame({"dropped at cf 1.25": at,
+                        "closest synthetic router": nearest_row(at, syn_drops[[1.25]]),
+                        "reading": balance_reading(tr)["reading"]})
+verdict
+
+# %% [markdown]
+# ### Exercise 2: re-batch across documents
+#
+# A serving system batches requests from many users, so a batch mixes documents. Shuffle the
+# tokens of `tr` (`tr.select(permutation)`, seed 0) so that each batch of 512 tokens mixes all
+# domains, and compute the share of assignments dropped at `cf` = 1.25, averaged over layers.
+# Before running it: will it be more or less than for the in-order batches, and why?
+
+# %%
+my_mixed_drops = None   # your answer: a float (share of all assignments dropped, mean over layers)
+
+# %% tags=["solution"]
+perm = np.random.default_rng(0).permutation(tr.num_tokens)
+mixed = capacity_drops(tr.select(perm), [1.25], batch_sizes=[512])
+my_mixed_drops = float(mixed["dropped"].mean())
+
+# %%
+in_order = float(drops["dropped"].xs(512, level="batch_size").xs(1.25, level="capacity_factor").mean())
+check = capacity_drops(tr.select(np.random.default_rng(0).permutation(tr.num_tokens)), [1.25], batch_sizes=[512])
+assert my_mixed_drops is not None and np.isclose(my_mixed_drops, check["dropped"].mean()), my_mixed_drops
+print(f"dropped at cf 1.25, batches of 512: in order {in_order:.2%}, mixed across documents {my_mixed_drops:.2%}")
+
+# %% [markdown]
+# Batches of one document concentrate that document's preferred experts (what notebook 03
+# calls locality and domain preference), so their busiest experts overflow more often than in
+# a batch that mixes documents, where the load of a batch approaches the model's overall load.
+# What remains after mixing is the model's overall imbalance, which only training (a balance
+# loss) can remove.
+#
+# ## Summary
+#
+# * An MoE layer is a router (one matrix, softmax, top-k), k experts and a weighted sum; the
+#   einsum version above matches transformers' block to rounding error.
+# * Mixtral renormalises the top-k weights; OLMoE does not. Only k of E experts run per token:
+#   E/k times fewer expert FLOPs than running them all.
+# * A router left alone can collapse; the Switch auxiliary loss (`switch_aux`, `hf_aux`)
+#   measures imbalance and the router z-loss keeps logits small. transformers pools the
+#   auxiliary loss over layers (notebook 09).
+# * Fixed capacities drop assignments when load is uneven, more in small batches.
+#
+# **Where next.** Notebook 02 records the routing of a whole model with `moelab.trace`;
+# notebook 09 trains toy routers with and without a balance loss and compares routing
+# variants (expert choice, shared experts, no renormalisation, aux-loss-free balancing).

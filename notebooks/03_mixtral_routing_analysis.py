@@ -16,22 +16,23 @@
 # %% [markdown]
 # # 03 · Reproducing the Mixtral paper's routing analysis (§5)
 #
-# **What you learn.** How the three analyses of *Mixtral of Experts* §5 are computed, and what
-# they show on a model trained on moelab's 12-domain corpus:
+# **What you will learn.** How the three analyses of *Mixtral of Experts* §5 are computed, what
+# they show on a model trained on moelab's 12-domain corpus, and how to read each statistic
+# against the baseline that accounts for how unevenly the experts are loaded:
 #
 # * **Table 5** — how often two consecutive tokens are sent to the same expert
-#   (`moelab.metrics.repeat_rates`), per domain and layer, against random routing;
+#   (`metrics.baselines.repeat_rate_baselines`), against uniform random routing *and* against
+#   the same tokens with their routing shuffled within the domain (same loads, no order);
 # * **Figure 7** — the share of each domain's tokens that each expert receives at the first,
-#   middle and last layer (`domain_distribution`, `domain_distribution_bars`);
-# * **Figure 8** — text coloured by each token's first-choice expert, for code and for prose
-#   (`token_colors_html` inline, `token_colors_figure` saved);
+#   middle and last layer, against the layer's overall load (`domain_distribution`,
+#   `metrics.baselines.domain_tv`);
+# * **Figure 8** — text coloured by each token's first-choice expert, for code and for prose;
+# * the whole held-out trace in the interactive explorer (`moelab.show`), saved as
+#   `03_explorer.html`.
 #
-# plus the interactive explorer of the whole trace (`moelab.explorer.show`), saved as `03_explorer.html`.
-#
-# **Needs.** The embedded model `moelab-mixtral-tiny` and the held-out split of the corpus
-# (`MOELAB_DOCS_PER_DOMAIN` documents of each domain, windows of `MOELAB_SEQ_LEN` tokens).
-# **Takes** 48 s (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01),
-# most of it the trace cell (the decoder stack alone: no LM head is computed).
+# **What you need.** Notebooks 01–02 (a router; a trace). The embedded model
+# `moelab-mixtral-tiny` and the held-out split of the corpus (`MOELAB_DOCS_PER_DOMAIN`
+# documents of each domain, windows of `MOELAB_SEQ_LEN` tokens).
 #
 # **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DTYPE=float16
 # MOELAB_DEVICE=cuda` — see the note in section 4 for what changes.
@@ -57,15 +58,19 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import HTML, display
-from matplotlib.ticker import MaxNLocator
 
 import moelab
 from moelab.notebooks import figures_dir, resolve_device_dtype
 from moelab.data import load_documents
-from moelab.metrics import domain_distribution, expert_load, repeat_rates
+from moelab.metrics import domain_distribution, expert_load
+from moelab.metrics.baselines import domain_tv, repeat_rate_baselines, representative_layers
 from moelab.models import DEFAULT_MODEL
 from moelab.notebooks import trace_documents
-from moelab.plots import domain_distribution_bars, repeat_rates_plot, save, token_colors_figure, token_colors_html
+from moelab.plots import save, token_colors_figure, token_colors_html
+from moelab.tokens import readable_pieces
+from moelab.plots.baselined import distribution_vs_overall, repeat_rates_vs_baseline
+from moelab.readings import balance_reading
+from moelab.serving.synthetic import TABLE5, TABLE5_LAYERS
 
 FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
@@ -106,7 +111,7 @@ PILE = {"tex": "ArXiv", "math": "DM Mathematics", "code": "Github", "fiction": "
 docs = {d: ds[:DOCS_PER_DOMAIN] for d, ds in load_documents("heldout").items()}
 tr = trace_documents(model, tok, docs, seq_len=SEQ_LEN, desc="trace held-out")
 ids = list(tr.layer_ids)
-LAYERS = sorted({ids[0], ids[(len(ids) - 1) // 2], ids[-1]})     # first, middle, last (Mixtral: 0, 15, 31)
+LAYERS = list(representative_layers(tr))     # first, middle, last (Mixtral: 0, 15, 31)
 print(tr)
 tr.token_frame().groupby("domain").agg(documents=("document", "nunique"), windows=("sequence", "nunique"),
                                        tokens=("sequence", "size")).T
@@ -117,71 +122,109 @@ tr.token_frame().groupby("domain").agg(documents=("document", "nunique"), window
 # For every pair of consecutive tokens (t, t+1) of one window, at each layer: is the first
 # choice the same (`first`), and do the two top-2 sets share an expert (`any`, the paper's
 # "first or second choice")? With uniformly random routing these are 1/8 = 12.5 % and
-# 1 − C(6,2)/C(8,2) ≈ 46.4 %. The paper finds 14–28 % and 46–63 % on The Pile, far above random
-# at layers 15 and 31: routing has temporal locality, which matters for caching and batching.
+# 1 − C(6,2)/C(8,2) ≈ 46.4 %. The paper (Table 5) reports 13.6–14.9 % (first choice) at
+# layer 0 and 23.6–28.4 % at layer 15 on its Pile subsets: near random at the first layer,
+# well above it at layers 15 and 31 (§5): routing has temporal locality.
+#
+# **Uniform random routing is the right baseline only for a balanced router.** A router that
+# sends most tokens to a few experts repeats them often *by chance*: if consecutive tokens
+# were routed independently with first-choice loads $p_i$, they would share a first choice
+# with probability $\sum_i p_i^2$ (≥ 1/E, equal only for uniform loads). The control that
+# keeps each expert's load and removes only the order is to shuffle each domain's routing
+# decisions among its tokens; `repeat_rate_baselines` computes its exact expectation
+# (`first_shuffled`, `any_shuffled`) next to the observed rates. Only the excess over it is
+# locality that comes from context.
 
 # %%
-rr = repeat_rates(tr, by="domain")
-
-# A second baseline: the same tokens with their routing shuffled within each domain. It keeps
-# every expert's load (an unbalanced router repeats experts more often by chance alone) and
-# removes only the order, so observed - shuffled is the locality that comes from context.
-rng = np.random.default_rng(0)
-dom = tr.columns["domain"]
-perm = np.arange(tr.num_tokens)
-for d in np.unique(dom):
-    idx = np.flatnonzero(dom == d)
-    perm[idx] = rng.permutation(idx)
-shuffled = moelab.RoutingTrace.from_arrays(tr.experts[perm], num_experts=tr.num_experts, sequence=tr.sequence,
-                                           position=tr.position, layer_ids=tr.layer_ids, domain=dom)
-rr_shuffled = repeat_rates(shuffled, by="domain")
-rr["first_shuffled"], rr["any_shuffled"] = rr_shuffled["first"], rr_shuffled["any"]
+rr = repeat_rate_baselines(tr, by="domain")
 rr.to_csv(FIGURES / "03_table5_repeat_rates.csv")
 
-table5 = (rr.loc[(slice(None), LAYERS), ["first", "any"]].mul(100).unstack("layer")
-            .rename(columns={"first": "First choice (%)", "any": "First or second choice (%)"}))
+table5 = (rr.loc[(slice(None), LAYERS), ["first", "first_shuffled", "any", "any_shuffled"]].mul(100)
+            .unstack("layer").rename(columns={"first": "first choice", "first_shuffled": "first, shuffled",
+                                              "any": "first or second", "any_shuffled": "first or second, shuffled"}))
 table5.index = [f"{d} ({PILE[d]})" if d in PILE else d for d in table5.index]
 r_first, r_any = rr["first_random"].iloc[0] * 100, rr["any_random"].iloc[0] * 100
-table5.loc["random routing"] = [r_first] * len(LAYERS) + [r_any] * len(LAYERS)
-shuf = rr.loc[(slice(None), LAYERS), ["first_shuffled", "any_shuffled"]].mul(100).groupby("layer").mean()
-table5.loc["shuffled within domain (mean)"] = list(shuf["first_shuffled"]) + list(shuf["any_shuffled"])
+table5.loc["uniform random routing"] = [r_first if c[0].startswith("first ch") or c[0] == "first, shuffled" else r_any
+                                        for c in table5.columns]
 table5.to_csv(FIGURES / "03_table5_paper_layout.csv")
 table5.style.format("{:.1f}").background_gradient(cmap="cividis", axis=None)
 
+# %% [markdown]
+# The paper's own numbers (Table 5, typed in with their source in `moelab.serving.synthetic.TABLE5`),
+# at its layers 0, 15 and 31 of 32:
+
 # %%
-fig = repeat_rates_plot(rr.loc[[d for d in PILE if d in rr.index.get_level_values(0)]],
-                        title=f"Table 5 per layer: consecutive tokens repeating experts ({MODEL_NAME})")
-fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))       # integer layer ticks
+paper5 = pd.DataFrame(TABLE5, index=pd.MultiIndex.from_product(
+    [["first choice (%)", "first or second choice (%)"], [f"layer {l}" for l in TABLE5_LAYERS]])).T
+paper5.loc["uniform random routing"] = [12.5] * 3 + [46.4] * 3
+paper5
+
+# %%
+pile = [d for d in PILE if d in rr.index.get_level_values(0)]
+fig = repeat_rates_vs_baseline(rr.loc[pile], title=f"Table 5 per layer: observed vs shuffled within domain ({MODEL_NAME})")
 save(fig, "03_table5_repeat_rates", outdir=FIGURES, formats=("png", "pdf"))
 fig
 
 # %% [markdown]
-# Random routing is not the only baseline that matters. The bottom row of the table shuffles
-# each domain's routing decisions across its tokens: the experts' loads stay the same, only
-# the order is lost. A router that sends most tokens to a few experts repeats them often *by
-# chance* (the shuffled rate is Σ_e p_e², p_e = the experts' load); only the excess over the
-# shuffled rate is locality that comes from context. Excess per domain, in percentage points:
+# Solid lines are the observed rates, dashed lines the same domain shuffled (same loads, no
+# order), grey dotted uniform random routing. The excess of observed over shuffled, in
+# percentage points, is the locality this model has beyond its loads:
 
 # %%
-excess = (rr["first"] - rr["first_shuffled"]).mul(100).unstack("layer")
+excess = rr["first_excess"].mul(100).unstack("layer")
 excess.columns = [f"first choice, layer {c}" for c in excess.columns]
 excess.round(1).sort_values(excess.columns[-1], ascending=False)
+
+# %%
+mean_excess = rr["first_excess"].groupby("layer").mean() * 100
+above_random = (rr["first_shuffled"].groupby("layer").mean() - rr["first_random"].iloc[0]) * 100
+pd.DataFrame({"mean excess over shuffled (points)": mean_excess,
+              "shuffled above uniform random (points), from the loads alone": above_random}).round(1)
+
+# %% [markdown]
+# The second column is how much of the rise above 12.5 % the loads alone explain; the first is
+# what context adds. On a balanced router the second column is ≈ 0 and the two baselines
+# agree, as on real Mixtral, whose Figure 7 shows near-uniform expert use.
+#
+# ### Exercise 1: predict the shuffled repeat rate from the loads
+#
+# Take the `code` domain at the last layer. From its first-choice loads $p_i$ alone (the share
+# of its tokens whose first choice is expert *i*), predict how often two consecutive tokens
+# would share a first choice if their order were shuffled.
+
+# %%
+code_last = tr.select(tr.columns["domain"] == "code")
+my_prediction = None    # your answer: a float, from code_last.experts[:, -1, 0]
+
+# %% tags=["solution"]
+p = np.bincount(code_last.experts[:, -1, 0], minlength=tr.num_experts) / code_last.num_tokens
+my_prediction = float((p ** 2).sum())                       # two independent draws agree
+
+# %%
+shuffled_code = rr.loc[("code", ids[-1]), "first_shuffled"]
+assert my_prediction is not None and abs(my_prediction - shuffled_code) < 0.01, (my_prediction, shuffled_code)
+print(f"correct: Σ p² = {my_prediction:.4f}; the exact shuffled expectation is {shuffled_code:.4f} "
+      f"(it draws without replacement, hence the tiny difference); observed {rr.loc[('code', ids[-1]), 'first']:.4f}")
 
 # %% [markdown]
 # ## 3. Figure 7 — which experts each domain uses
 #
 # The share of a domain's expert assignments (first or second choice) that go to each expert,
-# at the first, middle and last layer. The dashed line is uniform use, 1/8. The paper's
-# finding: *no* clear expert-per-domain specialisation on The Pile — the distributions are
-# similar across ArXiv, PubMed, PhilPapers, Github…, with DM Mathematics standing out
-# somewhat, attributed to its synthetic nature and limited coverage of natural language.
+# at the first, middle and last layer. The dashed line is uniform use, 1/8; the black marks
+# are the layer's overall load over all domains, the baseline a domain should be compared
+# with: a bar differs from its mark only where the domain is routed differently from the rest.
+# The paper's finding (§5, Figure 7): "we do not observe obvious patterns in the assignment of
+# experts based on the topic" — the distributions are similar across ArXiv, PubMed,
+# PhilPapers, Github…, with DM Mathematics standing out somewhat, which the paper suggests
+# may come from its synthetic nature and limited coverage of the natural-language spectrum.
 
 # %%
 dist = domain_distribution(tr, layers=LAYERS)
 dist.to_csv(FIGURES / "03_fig7_domain_distribution.csv")
+overall = expert_load(tr)["fraction"]                                 # (layer, expert), all domains
 pile_domains = [d for d in PILE if d in dist.index.get_level_values(0)]
-fig = domain_distribution_bars(dist.loc[pile_domains],
-                               title=f"Figure 7: expert selection per domain (Pile analogues, {MODEL_NAME})")
+fig = distribution_vs_overall(dist.loc[pile_domains], overall,
+                              title=f"Figure 7: expert selection per domain (Pile analogues, {MODEL_NAME})")
 save(fig, "03_fig7_domain_distribution", outdir=FIGURES, formats=("png", "pdf"))
 fig
 
@@ -190,41 +233,40 @@ fig
 
 # %%
 langs = [d for d in ["docs_en", "docs_fr", "docs_de", "docs_es", "docs_it"] if d in dist.index.get_level_values(0)]
-fig = domain_distribution_bars(dist.loc[langs], title="Expert selection per language (man pages)")
+fig = distribution_vs_overall(dist.loc[langs], overall, title="Expert selection per language (man pages)")
 save(fig, "03_fig7_languages", outdir=FIGURES, formats=("png", "pdf"))
 fig
 
 # %% [markdown]
-# How far is each domain from the corpus-wide distribution? Total-variation distance
-# ½ Σ_e |p_domain(e) − p_all(e)| at each layer (0 = identical expert use):
+# How far is each domain from the overall load? Total-variation distance
+# ½ Σ_e |p_domain(e) − p_all(e)| at each layer (0 = routed exactly like all tokens together;
+# `metrics.baselines.domain_tv`):
 
 # %%
-overall = expert_load(tr)["fraction"]                                 # (layer, expert), all domains
-tvd = (dist["fraction"] - overall.reindex(dist.index.droplevel(0)).to_numpy()).abs().groupby(["domain", "layer"]).sum() / 2
-tvd.unstack("layer").round(3).sort_values(LAYERS[-1], ascending=False)
+tvd = domain_tv(tr, layers=LAYERS)
+tvd.round(3).sort_values(LAYERS[-1], ascending=False)
 
 # %% [markdown]
 # ## 4. Figure 8 — text coloured by first-choice expert
 #
 # Every token is shown on the colour of the expert it was routed to first (the same colour
-# for expert *i* in every moelab figure). The paper's observation: assignments follow
-# *syntax* more than topic — e.g. `self` in Python, indentation, or the first tokens of words
-# tend to go to the same expert, and consecutive tokens often share one (Table 5).
+# for expert *i* in every moelab figure). What the paper reports (§5, Figure 8 and its
+# discussion): the selection of experts "appears to be more aligned with the syntax rather
+# than the domain, especially at the initial and final layers"; the word `self` in Python and
+# `Question` in English often go through the same expert even though they are made of several
+# tokens; in code, indentation tokens are always assigned to the same experts, particularly at
+# the first and last layers, whose hidden states the paper describes as more correlated with
+# the model's input and output; and consecutive tokens are often assigned the same experts
+# (Table 5).
 
 # %%
-def readable(pieces):
-    """SentencePiece byte-fallback pieces such as '<0x0A>' shown as the character (newline, tab)."""
-    return [chr(int(p[3:5], 16)) if len(p) == 6 and p.startswith("<0x") and int(p[3:5], 16) < 128 else p
-            for p in pieces]
-
-
 def sample(domain: str, n_tokens: int = 160):
     """(token strings, the trace of the first window of the domain's first document), BOS dropped."""
     c = tr.columns
     first_doc = c["document"][c["domain"] == domain].min()
     sub = tr.select((c["domain"] == domain) & (c["document"] == first_doc) & (c["offset"] == 0)).sorted()
     sub = sub.select(slice(1, n_tokens + 1))
-    return readable(tok.token_strings(sub.token_id)), sub
+    return readable_pieces(tok.token_strings(sub.token_id)), sub
 
 
 for domain, name in [("code", "code"), ("fiction", "prose")]:
@@ -259,28 +301,67 @@ for domain, name in [("code", "code"), ("fiction", "prose")]:
 #   tokens of 12 domains. Our tiny model was trained with domains sampled uniformly, so each
 #   domain is a large share of its world; the paper's finding of *weak* domain specialisation
 #   may or may not hold on such a small model — compare Figure 7 here with the paper's.
+# * **Balance.** Mixtral's Figure 7 shows every layer using its experts nearly uniformly; the
+#   reading of this model's layers (notebook 02's `balance_reading`) is printed below. Where a
+#   layer is uneven or collapsed, uniform random routing is the wrong baseline for it, and only
+#   the excess over the shuffled baseline (section 2) and over the overall load (section 3)
+#   compares with the paper.
 # * **Scale of the trace**: ~47 B parameters need ≈ 94 GB in fp16 (one 141 GB GPU, two 80 GB
 #   GPUs, or offloading with `device_map="auto"`); tracing itself adds < 1 % time. For the full
 #   held-out corpus use the CLI, which streams to disk:
 #   `moelab trace --model mistralai/Mixtral-8x7B-v0.1 --dtype float16 --device cuda --corpus heldout --out runs/mx`
 #   and `moelab.load_trace("runs/mx")`.
 
+# %%
+balance_reading(tr).round(3)
+
 # %% [markdown]
 # ## 5. Interactive explorer
 #
-# The held-out trace in `moelab.explorer` (the first window of every document: the whole trace,
-# 250k tokens at full size, is above the explorer's 200k limit): tokens coloured by expert at the chosen layer
+# The whole held-out trace in `moelab.show`: tokens coloured by expert at the chosen layer
 # (←/→ or the slider; "both choices" splits each token's colour), hover a token for its experts
 # and weights in every layer, click an expert for its tokens, its most frequent tokens and its
 # share of each domain, filter by domain or sequence. The same view is saved as one standalone
 # HTML file, `03_explorer.html`, that opens offline in any browser (docs/explorer.md).
 
 # %%
-from moelab.explorer import show
-
-first_windows = tr.select(tr.columns["offset"] == 0)    # every document's first window: all domains, < 5 MB
-view = show(first_windows, tok, layer=ids[-1],
-            title=f"held-out corpus, first {SEQ_LEN} tokens of each document, {MODEL_NAME}")
+view = moelab.show(tr, tok, layer=ids[-1], max_tokens=max(tr.num_tokens, 1),
+                   title=f"held-out corpus, {DOCS_PER_DOMAIN} documents per domain, {MODEL_NAME}")
 path = view.save(FIGURES / "03_explorer.html")
-print(f"{path.name}: {path.stat().st_size / 1e6:.1f} MB for {first_windows.num_tokens:,} of the trace's {tr.num_tokens:,} tokens")
+print(f"{path.name}: {path.stat().st_size / 1e6:.1f} MB for all {tr.num_tokens:,} tokens of the trace")
 view
+
+# %% [markdown]
+# ### Exercise 2: the busiest expert of a domain
+#
+# Using `dist` (Figure 7's frame), find the expert that receives the largest share of the
+# `math` domain's assignments at the last layer, and how much larger that share is than the
+# expert's overall load (`overall`). Is `math` routed differently from the other domains?
+
+# %%
+my_expert, my_ratio = None, None    # your answers: an int and a float (math share / overall load)
+
+# %% tags=["solution"]
+m = dist.loc[("math", LAYERS[-1]), "fraction"]
+my_expert = int(m.idxmax())
+my_ratio = float(m.max() / overall.loc[(LAYERS[-1], my_expert)])
+
+# %%
+m_ref = dist.loc[("math", LAYERS[-1]), "fraction"]
+assert my_expert == int(m_ref.idxmax()) and np.isclose(my_ratio, m_ref.max() / overall.loc[(LAYERS[-1], my_expert)])
+print(f"math's busiest expert at layer {LAYERS[-1]}: {my_expert}, {my_ratio:.2f}x its overall load")
+
+# %% [markdown]
+# ## Summary
+#
+# * Table 5's repeat rates must be read against the shuffled-within-domain baseline: an
+#   unbalanced router repeats experts by chance (Σ pᵢ²); only the excess is locality.
+# * Figure 7's bars must be read against the layer's overall load; the TV distance says how
+#   differently a domain is routed.
+# * Figure 8 shows assignments at the token level; the explorer shows them for every token of
+#   the held-out corpus.
+#
+# **Where next.** Notebook 04 runs OLMoE's analyses (co-activation, domain and vocabulary
+# specialization, layer transitions, router saturation over training), each with its
+# load-aware baseline, and compares a model trained with a pooled balance loss with one
+# trained with a per-layer loss.
