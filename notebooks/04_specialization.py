@@ -45,17 +45,12 @@
 # arXiv:2409.02060, §5 "MoE analysis".
 
 # %% tags=["parameters"]
-# Parameters (papermill style): every value comes from an environment variable, with a default.
-import os
-from pathlib import Path
+# Parameters: MOELAB_* environment variables over this notebook's defaults (moelab.params; papermill style).
+from moelab.params import notebook_params
 
-MODEL = os.environ.get("MOELAB_MODEL") or None             # None = the embedded moelab-mixtral-tiny
-DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = CUDA fp16; CPU bf16 where native, else fp32
-DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
-DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "8"))
-SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
-FIGURES = os.environ.get("MOELAB_FIGURES") or None        # None = out/figures/ (untracked); `moelab figures` -> figures/
-FAST = os.environ.get("MOELAB_FAST", "0") == "1"            # 1 = small slices (tests)
+P = notebook_params(docs_per_domain=8)          # MOELAB_FAST=1 caps documents and window length
+MODEL, DTYPE, DEVICE, FIGURES = P.model, P.dtype, P.device, P.figures
+DOCS_PER_DOMAIN, SEQ_LEN, FAST = P.docs_per_domain, P.seq_len, P.fast
 
 # %%
 # %matplotlib inline
@@ -65,12 +60,14 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
+from pathlib import Path
+
 import moelab
 from moelab.data import load_documents
-from moelab.metrics import (coactivation, layer_transitions, next_token_ids, router_saturation,
-                            vocab_specialization)
-from moelab.metrics.baselines import (coactivation_lift, representative_layers, specialization_vs_load,
-                                      transition_baseline, transition_lift, vocab_chance)
+from moelab.metrics import coactivation, layer_transitions, next_token_ids, router_saturation, vocab_specialization
+from moelab.metrics.baselines import coactivation_lift, representative_layers, specialization_vs_load, transition_lift
+from moelab.metrics.olmoe import (saturation_summary, strongest_pairs, top_domain_experts, transition_concentration,
+                                  vocab_scalar)
 from moelab.models import DEFAULT_MODEL, POOLED_MODEL, checkpoints, embedded_model_dir
 from moelab.notebooks import figures_dir, resolve_device_dtype, trace_documents
 from moelab.plots import save
@@ -80,8 +77,6 @@ from moelab.plots.baselined import lift_heatmap, saturation_vs_training, special
 FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
 device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # prints its choice: cuda fp16; cpu bf16 only where native
-if FAST:
-    DOCS_PER_DOMAIN, SEQ_LEN = min(DOCS_PER_DOMAIN, 2), min(SEQ_LEN, 128)
 device_map = "auto" if device == "cuda" else None
 pd.set_option("display.precision", 3)
 
@@ -131,20 +126,12 @@ for layer in LAYERS:
     display(fig)
 
 # %%
-pairs = []
-for layer in ids:
-    m, li = co.loc[layer].to_numpy(float).copy(), lift.loc[layer].to_numpy(float)
-    np.fill_diagonal(m, np.nan)
-    i, j = np.unravel_index(np.nanargmax(m), m.shape)
-    a, b = np.unravel_index(np.nanargmax(li), li.shape)
-    pairs.append({"layer": layer, "largest P(j|i)": f"{i}→{j}: {m[i, j]:.0%} (lift {li[i, j]:.2f})",
-                  "largest lift": f"{a}→{b}: {li[a, b]:.2f} (P(j|i) {co.loc[layer].to_numpy(float)[a, b]:.0%})",
-                  "pairs with lift > 2": int(np.nansum(li > 2)) // 2})
-pd.DataFrame(pairs).set_index("layer")
+strongest_pairs(tr)
 
 # %% [markdown]
-# Where the largest P(j | i) has a lift near 1, it is a busy expert, not a pair: the pairs
-# worth a look (possible redundancy, or experts that split one job) are those with a large lift.
+# Per layer: the pair i→j with the largest P(j | i), and its lift. Where that lift is near 1,
+# j is a busy expert, not i's partner; the pairs worth a look (possible redundancy, or experts
+# that split one job) are those with a large lift, visible in the heatmaps above.
 #
 # ### Exercise 1: a lift by hand
 #
@@ -182,11 +169,11 @@ fig
 
 # %% [markdown]
 # Points on the dashed diagonal are routed like all tokens together; points above it are a
-# domain's preferred experts. Per domain and layer, the expert with the largest lift:
+# domain's preferred experts. Per domain and layer, the most specialised expert (OLMoE's
+# reading), with its overall load and the lift:
 
 # %%
-best = svl.reset_index().sort_values("lift", ascending=False).groupby(["domain", "layer"]).head(1)
-best.set_index(["domain", "layer"])[["expert", "specialization", "load", "lift"]].unstack("layer").round(2).head(12)
+top_domain_experts(tr, layers=LAYERS).round(2)
 
 # %% [markdown]
 # ## 4. Vocabulary specialization, against chance
@@ -200,13 +187,10 @@ best.set_index(["domain", "layer"])[["expert", "specialization", "load", "lift"]
 # for the ids' actual counts and the layer's loads.
 
 # %%
-rows, chance = {}, {}
-for by, label in [("token_id", "input token"), ("next_token_id", "next token"), ("predicted_id", "predicted token")]:
-    d = vocab_specialization(tr, by=by, first_only=True, min_count=5, detail=True)
-    rows[label] = d.groupby(["layer", by])["specialization"].max().groupby("layer").mean()
-    chance[label] = vocab_chance(tr, by=by, min_count=5)
-olmoe_scalar, chance = pd.DataFrame(rows), pd.DataFrame(chance)
-pd.concat({"observed": olmoe_scalar, "chance": chance}, axis=1).to_csv(FIGURES / "04_vocab_specialization.csv")
+kinds = {"input token": "token_id", "next token": "next_token_id", "predicted token": "predicted_id"}
+scalars = pd.concat({label: vocab_scalar(tr, by=by, min_count=5) for label, by in kinds.items()}, axis=1)
+scalars.to_csv(FIGURES / "04_vocab_specialization.csv")
+olmoe_scalar, chance = scalars.xs("observed", axis=1, level=1), scalars.xs("chance", axis=1, level=1)
 display(pd.concat({"observed": olmoe_scalar, "chance": chance, "observed - chance": olmoe_scalar - chance}, axis=1))
 fig = vocab_vs_chance(olmoe_scalar, chance, title=f"Vocabulary specialization vs chance ({MODEL_NAME})")
 save(fig, "04_vocab_specialization", outdir=FIGURES, formats=("png", "pdf"))
@@ -263,17 +247,12 @@ fig = lift_heatmap(tlift, layer=ids[0], xlabel=f"expert at layer {ids[1] if len(
                    title=f"First-choice transitions vs independent layers, {ids[0]} → {ids[1] if len(ids) > 1 else ''}")
 save(fig, "04_transitions", outdir=FIGURES)
 display(fig)
-counts = layer_transitions(tr, normalize=False)
-base = transition_baseline(tr)
-conc = {}
-for layer in counts.index.get_level_values("layer").unique():
-    c = counts.loc[layer].to_numpy(float)
-    conc[layer] = {"P(next = most likely | this)": c.max(1).sum() / c.sum(),
-                   "same, independent layers": float(base.loc[layer].to_numpy(float)[0].max()),
-                   "uniform 1/E": 1 / E}
-pd.DataFrame(conc).T.rename_axis("from layer")
+transition_concentration(tr)
 
 # %% [markdown]
+# `observed`: P(next first choice = the most likely one given this one), averaged over tokens;
+# `independent`: the same if layer l + 1 ignored layer l (its busiest expert's share).
+#
 # ## 6. Router saturation over training
 #
 # OLMoE (§5, "Router saturation") traces the same tokens with intermediate checkpoints and
@@ -305,8 +284,7 @@ final = ckpt_traces.pop(final_step)
 sat = router_saturation(ckpt_traces, final)
 sat.to_csv(FIGURES / "04_saturation.csv")
 share = {c["step"]: c["step"] / final_step for c in ckpts}
-sat_summary = sat.groupby("checkpoint")[["top1", "topk"]].mean()
-sat_summary.insert(0, "share of training", [share[s] for s in sat_summary.index])
+sat_summary = saturation_summary(sat, ckpts)
 print(f"{final.num_tokens:,} tokens traced with each of {len(ckpts)} checkpoints")
 sat_summary
 
@@ -326,9 +304,9 @@ fig
 
 # %%
 first = sat_summary.iloc[0]
-half = sat_summary[sat_summary["share of training"] >= 0.5].iloc[0] if (sat_summary["share of training"] >= 0.5).any() else sat_summary.iloc[-1]
-print(f"after {first['share of training']:.0%} of training: {first['topk']:.0%} of the final top-{K} choices; "
-      f"after {half['share of training']:.0%}: {half['topk']:.0%}.")
+half = sat_summary[sat_summary["share"] >= 0.5].iloc[0] if (sat_summary["share"] >= 0.5).any() else sat_summary.iloc[-1]
+print(f"this model, after {first['share']:.0%} of training: {first['topk']:.0%} of the final top-{K} choices; "
+      f"after {half['share']:.0%}: {half['topk']:.0%}.")
 print("OLMoE reports (top-8 of 64):", ", ".join(f"{v:.0f} % after {s:.0%}" for s, v in
                                                   zip(ref[ref.metric == 'topk'].share, ref[ref.metric == 'topk'].value)))
 

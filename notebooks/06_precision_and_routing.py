@@ -16,34 +16,32 @@
 # %% [markdown]
 # # 06 · Precision and routing
 #
-# **What you learn.** Top-k routing is a *discrete* decision on top of floating-point
+# **What you will learn.** Top-k routing is a *discrete* decision on top of floating-point
 # arithmetic: when two experts' router logits are nearly tied, rounding can flip which one
 # wins. We trace the same held-out tokens with the same weights in float32, bfloat16 and
-# float16, and measure per layer how often the half-precision runs pick different experts
-# than float32 (`moelab.metrics.agreement`, `moelab.plots.agreement_plot`) — and check that
-# the flips happen where the float32 router was nearly undecided.
+# float16, and measure:
+# * per layer, how often the half-precision runs pick different experts than float32
+#   (`moelab.metrics.agreement`, `moelab.plots.agreement_plot`);
+# * that the flips happen where the float32 router was nearly undecided: the router *margin*
+#   between the k-th and (k+1)-th logit (`moelab.metrics.margins.flip_margins`).
 #
-# **Needs.** The embedded model `moelab-mixtral-tiny` (its weights are stored in bf16, so
-# loading them in float32 is exact and bf16 is the precision it was trained in). **Takes**
-# 1 min (measured by `make figures` on a fresh clone, 2-core AVX2-only CPU, fp32, 2026-12-01): bf16 and float16 matmuls are slow on such CPUs, so this notebook traces a small
-# slice (`MOELAB_DOCS_PER_DOMAIN / 8` documents per domain). `MOELAB_DTYPE` is not used here.
+# **What you need.** Notebooks 01–02 (top-k; traces), and notebook 01's router z-loss, which
+# keeps logits small for exactly this reason. The embedded model `moelab-mixtral-tiny`: its
+# weights are stored in bf16, so loading them in float32 is exact. bf16 and float16 matmuls
+# are slow on CPUs without native support, so this notebook traces a small slice: the first
+# window of `MOELAB_DOCS_PER_DOMAIN` documents per domain. `MOELAB_DTYPE` is not used here.
 #
 # **On real Mixtral 8x7B:** `MOELAB_MODEL=mistralai/Mixtral-8x7B-v0.1 MOELAB_DEVICE=cuda`.
 # Its float32 reference needs 187 GB: on one 80 GB GPU it is offloaded by `device_map="auto"`
 # (slow, but the slice is small), or compare bf16 with fp16 only by setting `REFERENCE` below.
 
 # %% tags=["parameters"]
-# Parameters (papermill style): every value comes from an environment variable, with a default.
-import os
-from pathlib import Path
+# Parameters: MOELAB_* environment variables over this notebook's defaults (moelab.params; papermill style).
+from moelab.params import notebook_params
 
-MODEL = os.environ.get("MOELAB_MODEL") or None             # None = the embedded moelab-mixtral-tiny
-DTYPE = os.environ.get("MOELAB_DTYPE") or None             # unused: this notebook compares dtypes
-DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
-DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "24"))
-SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
-FIGURES = os.environ.get("MOELAB_FIGURES") or None        # None = out/figures/ (untracked); `moelab figures` -> figures/
-FAST = os.environ.get("MOELAB_FAST", "0") == "1"            # 1 = small slices (tests)
+P = notebook_params(docs_per_domain=1)          # MOELAB_FAST=1 caps documents and window length
+MODEL, DTYPE, DEVICE, FIGURES = P.model, P.dtype, P.device, P.figures
+DOCS_PER_DOMAIN, SEQ_LEN, FAST = P.docs_per_domain, P.seq_len, P.fast
 
 # %%
 # %matplotlib inline
@@ -54,10 +52,13 @@ import pandas as pd
 import torch
 from IPython.display import display
 
+from pathlib import Path
+
 import moelab
 from moelab.notebooks import figures_dir, resolve_device_dtype
 from moelab.data import load_documents
 from moelab.metrics import agreement
+from moelab.metrics.margins import flip_margins, router_margins
 from moelab.models import DEFAULT_MODEL
 from moelab.notebooks import trace_documents
 from moelab.plots import agreement_plot, save
@@ -65,8 +66,6 @@ from moelab.plots import agreement_plot, save
 FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
 device, _ = resolve_device_dtype(DEVICE, DTYPE, MODEL)   # cpu: one thread for the embedded model
-if FAST:
-    DOCS_PER_DOMAIN, SEQ_LEN = min(DOCS_PER_DOMAIN, 2), min(SEQ_LEN, 128)
 REFERENCE = "float32"
 DTYPES = ["float32", "bfloat16", "float16"]
 MODEL_NAME = Path(str(MODEL or DEFAULT_MODEL)).name
@@ -81,7 +80,8 @@ pd.set_option("display.precision", 4)
 # the full router logits, to look at the margins later.
 
 # %%
-docs = {d: ds[: max(1, DOCS_PER_DOMAIN // 8)] for d, ds in load_documents("heldout").items()}
+docs = {d: [doc[: 4 * SEQ_LEN] for doc in ds[:DOCS_PER_DOMAIN]]          # ~ the first window of each
+        for d, ds in load_documents("heldout").items()}
 traces, seconds = {}, {}
 for name in DTYPES:
     model, tok = moelab.load_model(MODEL, dtype=getattr(torch, name),
@@ -121,24 +121,7 @@ fig
 # tokens:
 
 # %%
-lg = np.sort(ref.logits, axis=-1)[..., ::-1]                     # (tokens, layers, E), descending
-k = ref.top_k
-margin = lg[..., k - 1] - lg[..., k]                               # (tokens, layers): k-th vs (k+1)-th logit
-rows = []
-for n in DTYPES:
-    if n == REFERENCE:
-        continue
-    a, b = np.sort(traces[n].experts, -1), np.sort(ref.experts, -1)
-    flipped = (a != b).any(-1)                                     # (tokens, layers) top-k set differs
-    for pos, layer in enumerate(ref.layer_ids):
-        f = flipped[:, pos]
-        p90 = np.percentile(margin[f, pos], 90) if f.any() else np.nan
-        rows.append({"comparison": f"{n} vs {REFERENCE}", "layer": layer, "flipped tokens": int(f.sum()),
-                     "median margin, flipped": np.median(margin[f, pos]) if f.any() else np.nan,
-                     "median margin, all": np.median(margin[:, pos]),
-                     "90% of flips below": p90,
-                     "share of all tokens below that": np.mean(margin[:, pos] <= p90) if f.any() else 0.0})
-margins = pd.DataFrame(rows).set_index(["comparison", "layer"])
+margins = flip_margins(ref, {f"{n} vs {REFERENCE}": traces[n] for n in DTYPES if n != REFERENCE})
 margins.to_csv(FIGURES / "06_flip_margins.csv")
 margins
 
@@ -153,3 +136,32 @@ margins
 # near-tie changes the layer's output little: the two experts involved had almost the same
 # weight. What the flips do to downstream quality is not measured here; this notebook
 # measures how often the routing itself differs.
+
+# %% [markdown]
+# ### Exercise: the margin of one token
+#
+# For the first token of `ref` at its first layer, compute the margin between its 2nd- and
+# 3rd-largest router logits (`ref.logits`: tokens × layers × E, float32).
+
+# %%
+my_margin = None        # your answer: a float
+
+# %% tags=["solution"]
+row = np.sort(ref.logits[0, 0])[::-1]                      # descending
+my_margin = float(row[1] - row[2])
+
+# %%
+assert my_margin is not None and np.isclose(my_margin, router_margins(ref.logits, k=2)[0, 0]), my_margin
+print(f"correct: margin = {my_margin:.4f}")
+
+# %% [markdown]
+# ## Summary
+#
+# * The same weights in bf16 or fp16 route a small share of token-layers differently from
+#   fp32, and the flips concentrate at near-tied router logits.
+# * Deeper layers can flip more: their inputs carry the rounding (and the routing flips) of
+#   every layer before.
+#
+# **Where next.** Notebook 07 changes the routing on purpose (ablating experts, top-1 vs
+# top-2, router biases) and measures what it costs in quality; notebook 09 trains routers from
+# scratch to show collapse and the routing variants of newer MoEs.

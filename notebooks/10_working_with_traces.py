@@ -27,23 +27,20 @@
 # or analyse them with other tools.
 
 # %% tags=["parameters"]
-# Parameters (papermill style): every value comes from an environment variable, with a default.
-import os
-from pathlib import Path
+# Parameters: MOELAB_* environment variables over this notebook's defaults (moelab.params; papermill style).
+from moelab.params import notebook_params
 
-MODEL = os.environ.get("MOELAB_MODEL") or None             # None = the embedded moelab-mixtral-tiny
-DTYPE = os.environ.get("MOELAB_DTYPE") or None             # None = CUDA fp16; CPU bf16 where native, else fp32
-DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
-DOCS_PER_DOMAIN = int(os.environ.get("MOELAB_DOCS_PER_DOMAIN", "24"))
-SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "256"))
-FIGURES = os.environ.get("MOELAB_FIGURES") or None        # None = out/figures/ (untracked); `moelab figures` -> figures/
-FAST = os.environ.get("MOELAB_FAST", "0") == "1"            # 1 = small slices (tests)
+P = notebook_params(docs_per_domain=24)          # MOELAB_FAST=1 caps documents and window length
+MODEL, DTYPE, DEVICE, FIGURES = P.model, P.dtype, P.device, P.figures
+DOCS_PER_DOMAIN, SEQ_LEN, FAST = P.docs_per_domain, P.seq_len, P.fast
 
 # %%
 import tempfile
 
 import numpy as np
 import pandas as pd
+
+from pathlib import Path
 
 import moelab
 from moelab.data import load_documents
