@@ -65,7 +65,8 @@ from moelab.metrics import balance, capacity_drops
 from moelab.models import DEFAULT_MODEL
 from moelab.notebooks import trace_documents
 from moelab.plots import load_heatmap, save
-from moelab.plots.diagrams import capacity_drops_plot
+from moelab.plots.teaching import capacity_drops_plot
+from moelab.toy import synthetic_routers
 from moelab.readings import balance_reading, nearest_row
 
 FIGURES = figures_dir(FIGURES)                               # says where figures go
@@ -220,13 +221,8 @@ print(f"expert FLOPs: dense-over-all-experts / top-{k} = {E / k:.0f}x")
 # one synthetic router.
 
 # %%
-rng = np.random.default_rng(0)
-T_syn, strengths = 4096, [0.0, 0.5, 1.0, 2.0, 4.0]
-base = rng.normal(size=(T_syn, E))                                  # router logits of a balanced router
-favour = np.r_[1.0, 0.9, -np.linspace(0.0, 0.6, E - 2)]              # experts 0, 1 favoured
-syn_logits = np.stack([base + s * favour for s in strengths], 1).astype(np.float32)    # (tokens, routers, E)
-syn_experts = np.argsort(-syn_logits, -1, kind="stable")[..., :k]                       # (tokens, routers, k)
-syn = moelab.RoutingTrace.from_arrays(syn_experts, num_experts=E, logits=syn_logits)
+strengths = [0.0, 0.5, 1.0, 2.0, 4.0]
+syn = synthetic_routers(strengths, num_experts=E, top_k=k, tokens=4096)   # logits: noise + strength x bias to 0, 1
 syn_balance = balance(syn).rename_axis("router").assign(bias=strengths)
 syn_balance = syn_balance[["bias", "cv", "maxvio", "entropy", "switch_aux", "hf_aux", "z_loss"]]
 syn_balance.to_csv(FIGURES / "01_synthetic_balance.csv")
@@ -260,9 +256,11 @@ fig
 # the experts' buffers, which fill and overflow.
 
 # %%
-from moelab.plots.diagrams import capacity_buffers_diagram
+from moelab.plots.diagrams import capacity_diagram
 
-fig = capacity_buffers_diagram()
+batch16 = syn.experts[:16, strengths.index(1.0), :]          # 16 tokens of the bias-1 router: (tokens, k)
+fig = capacity_diagram(batch16, num_experts=E, capacity_factor=1.0,
+                       title="16 tokens, top-2 of 8, capacity factor 1: C = 4 slots per expert")
 save(fig, "01_capacity_buffers", outdir=FIGURES)
 fig
 

@@ -67,7 +67,7 @@ from moelab.plots import save, token_colors_figure, token_colors_html
 from moelab.text import readable_pieces
 from moelab.plots.baselined import distribution_vs_overall, repeat_rates_vs_baseline
 from moelab.readings import balance_reading
-from moelab.serving.synthetic import TABLE5, TABLE5_LAYERS
+from moelab.papers import MIXTRAL, cite, mixtral_table5
 
 FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
@@ -145,12 +145,12 @@ table5.to_csv(FIGURES / "03_table5_paper_layout.csv")
 table5.style.format("{:.1f}").background_gradient(cmap="cividis", axis=None)
 
 # %% [markdown]
-# The paper's own numbers (Table 5, typed in with their source in `moelab.serving.synthetic.TABLE5`),
-# at its layers 0, 15 and 31 of 32:
+# The paper's own numbers at its layers 0, 15 and 31 of 32 (`moelab.papers`, typed in with
+# their source):
 
 # %%
-paper5 = pd.DataFrame(TABLE5, index=pd.MultiIndex.from_product(
-    [["first choice (%)", "first or second choice (%)"], [f"layer {l}" for l in TABLE5_LAYERS]])).T
+print(MIXTRAL["table5"].source)
+paper5 = mixtral_table5()
 paper5.loc["uniform random routing"] = [12.5] * 3 + [46.4] * 3
 paper5
 

@@ -256,11 +256,10 @@ transition_concentration(tr)
 # ## 6. Router saturation over training
 #
 # OLMoE (§5, "Router saturation") traces the same tokens with intermediate checkpoints and
-# measures how many of the final model's top-k experts each checkpoint already picks. It
-# reports that OLMoE's routing saturates early in pretraining; its reported values, typed in
-# with their source by `moelab.papers`, are printed below and drawn as stars. We trace the
-# same held-out slice with each checkpoint of the embedded model and plot saturation against
-# the share of training, the final checkpoint at 100 %.
+# measures how many of the final model's top-k experts each checkpoint already picks. What
+# the paper reports, as `moelab.papers` records it with its source, is printed below. We trace
+# the same held-out slice with each checkpoint of the embedded model and plot saturation
+# against the share of training, the final checkpoint at 100 %.
 
 # %%
 ckpt_root = MODEL if MODEL and (Path(MODEL) / "checkpoints.json").is_file() else None
@@ -289,11 +288,10 @@ print(f"{final.num_tokens:,} tokens traced with each of {len(ckpts)} checkpoints
 sat_summary
 
 # %%
-from moelab.papers import olmoe_saturation
+from moelab.papers import OLMOE, cite
 
-ref = olmoe_saturation()
-fig = saturation_vs_training(sat, share, reference=ref, reference_label="OLMoE, reported (top-8 of 64)",
-                             title=f"Router saturation vs the final checkpoint (step {final_step})")
+print("OLMoE:", cite(OLMOE["router_saturation"]))
+fig = saturation_vs_training(sat, share, title=f"Router saturation vs the final checkpoint (step {final_step})")
 save(fig, "04_saturation", outdir=FIGURES, formats=("png", "pdf"))
 fig
 
@@ -307,8 +305,7 @@ first = sat_summary.iloc[0]
 half = sat_summary[sat_summary["share"] >= 0.5].iloc[0] if (sat_summary["share"] >= 0.5).any() else sat_summary.iloc[-1]
 print(f"this model, after {first['share']:.0%} of training: {first['topk']:.0%} of the final top-{K} choices; "
       f"after {half['share']:.0%}: {half['topk']:.0%}.")
-print("OLMoE reports (top-8 of 64):", ", ".join(f"{v:.0f} % after {s:.0%}" for s, v in
-                                                  zip(ref[ref.metric == 'topk'].share, ref[ref.metric == 'topk'].value)))
+print("compare with OLMoE's statement above: does this router settle early, or late?")
 
 # %% [markdown]
 # ## 7. Pooled vs per-layer balance: same architecture and data, two losses

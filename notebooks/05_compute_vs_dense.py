@@ -59,7 +59,8 @@ from matplotlib.ticker import FuncFormatter
 import moelab
 from moelab.notebooks import figures_dir, resolve_device_dtype
 from moelab import bench
-from moelab.plots.diagrams import decode_bytes_flops_diagram, moe_vs_dense_plot, roofline_plot
+from moelab.plots.diagrams import decode_crossover_batch, decode_roofline_diagram
+from moelab.plots.teaching import moe_vs_dense_bars, roofline_cost_plot
 from moelab.compute import (MIXTRAL_A100_VLLM, check_memory_claim, compare_published, count_params,
                             decode_roofline, dense_equivalent, distinct_experts_from_trace, expected_distinct_experts,
                             fits, flops_per_token, kv_bytes_per_token, mistral_7b_config, mixtral_8x7b_config,
@@ -211,7 +212,7 @@ best = ratios.sort_values("measured").groupby(["baseline", "phase", "batch"]).ta
 best.sort_values("batch").set_index(["baseline", "phase", "batch"])[["measured", "flop_ratio", "byte_ratio"]].unstack("batch").round(2)
 
 # %%
-fig = moe_vs_dense_plot(ratios, title=f"Small Mixtral (H={bench_cfg.hidden_size}, {bench_cfg.num_hidden_layers} layers) "
+fig = moe_vs_dense_bars(ratios, title=f"Small Mixtral (H={bench_cfg.hidden_size}, {bench_cfg.num_hidden_layers} layers) "
                                       f"vs dense baselines, {bench_dtype}, {measured.attrs['meta']['device_name']}")
 save(fig, "05_moe_vs_dense", outdir=FIGURES)
 fig
@@ -236,8 +237,10 @@ fig
 # decode stops being memory-bound:
 
 # %%
-fig = decode_bytes_flops_diagram(mixtral, gpu=MIXTRAL_A100_VLLM.gpu)
+fig = decode_roofline_diagram(mixtral, gpu=MIXTRAL_A100_VLLM.gpu)
 save(fig, "05_decode_bytes_vs_batch", outdir=FIGURES)
+print(f"decode of Mixtral 8x7B (fp16, all experts read) stops being memory-bound on {MIXTRAL_A100_VLLM.gpu} "
+      f"at a batch of about {decode_crossover_batch(mixtral, MIXTRAL_A100_VLLM.gpu):.0f}")
 fig
 
 # %% [markdown]
@@ -275,7 +278,8 @@ print(f"{ref.name}\nsource: {ref.source}\nquote: {ref.quote}")
 cmp.round(3)
 
 # %%
-fig = roofline_plot(roof, ref, cmp, batches=BATCHES)
+fig = roofline_cost_plot(roof, published=ref, published_usd=cmp.reported_usd_per_million,
+                         title=f"Mixtral 8x7B decode, fp16, {ref.gpu}, 512-token context")
 save(fig, "05_roofline", outdir=FIGURES)
 fig
 
