@@ -300,9 +300,9 @@ for domain, name in [("code", "code"), ("fiction", "prose")]:
 #   may or may not hold on such a small model — compare Figure 7 here with the paper's.
 # * **Balance.** Mixtral's Figure 7 shows every layer using its experts nearly uniformly; the
 #   reading of this model's layers (notebook 02's `balance_reading`) is printed below. Where a
-#   layer is uneven or collapsed, uniform random routing is the wrong baseline for it, and only
-#   the excess over the shuffled baseline (section 2) and over the overall load (section 3)
-#   compares with the paper.
+#   layer, or a domain within it, uses its experts unevenly, uniform random routing is the
+#   wrong baseline, and only the excess over the shuffled baseline (section 2) and over the
+#   overall load (section 3) compares with the paper.
 # * **Scale of the trace**: ~47 B parameters need ≈ 94 GB in fp16 (one 141 GB GPU, two 80 GB
 #   GPUs, or offloading with `device_map="auto"`); tracing itself adds < 1 % time. For the full
 #   held-out corpus use the CLI, which streams to disk:
