@@ -118,12 +118,10 @@ print(tr, f"\nnext-token accuracy of the model on these tokens: {acc:.1%}")
 co = coactivation(tr)
 lift = coactivation_lift(tr)
 pd.concat({"P(j|i)": co, "lift": lift}, axis=1).to_csv(FIGURES / "04_coactivation.csv")
-for layer in LAYERS:
-    fig = lift_heatmap(lift, layer=layer, xlabel="co-activated expert j", ylabel="expert i",
-                       cbar_label="lift P(j|i) / P(j)", title=f"Co-activation lift, layer {layer} ({MODEL_NAME})")
-    if layer == LAYERS[-1]:
-        save(fig, "04_coactivation", outdir=FIGURES, formats=("png", "pdf"))
-    display(fig)
+fig = lift_heatmap(lift, layer=ids[-1], xlabel="co-activated expert j", ylabel="expert i",
+                   cbar_label="lift P(j|i) / P(j)", title=f"Co-activation lift, layer {ids[-1]} ({MODEL_NAME})")
+save(fig, "04_coactivation", outdir=FIGURES, formats=("png", "pdf"))
+fig         # other layers: lift_heatmap(lift, layer=...)
 
 # %%
 strongest_pairs(tr)
@@ -305,7 +303,10 @@ first = sat_summary.iloc[0]
 half = sat_summary[sat_summary["share"] >= 0.5].iloc[0] if (sat_summary["share"] >= 0.5).any() else sat_summary.iloc[-1]
 print(f"this model, after {first['share']:.0%} of training: {first['topk']:.0%} of the final top-{K} choices; "
       f"after {half['share']:.0%}: {half['topk']:.0%}.")
-print("compare with OLMoE's statement above: does this router settle early, or late?")
+half_way = sat_summary[sat_summary["topk"] >= 0.5]
+print(f"this model's routers pick half of their final top-{K} choices from "
+      + (f"{half_way['share'].iloc[0]:.0%} of training on" if len(half_way) else "the end of training only")
+      + "; compare with OLMoE's statement above.")
 
 # %% [markdown]
 # ## 7. Pooled vs per-layer balance: same architecture and data, two losses
