@@ -192,8 +192,8 @@ fit_table
 # whose result file `bench/results/moe_vs_dense_cpu.csv` the README quotes.
 
 # %%
-bench_cfg = bench.BenchConfig(hidden_size=256, intermediate_size=896, num_hidden_layers=2).mixtral()
-bench_kw = dict(batch_sizes=(1, 8), seq_lens=(64,), repeats=3)
+bench_cfg = bench.BenchConfig(hidden_size=128, intermediate_size=448, num_hidden_layers=2).mixtral()
+bench_kw = dict(batch_sizes=(1, 8), seq_lens=(32,), repeats=3)
 threads = torch.get_num_threads()
 torch.set_num_threads(1)            # as `moelab bench`: one thread is steadier on a shared machine
 try:
