@@ -43,7 +43,7 @@
 # Parameters: MOELAB_* environment variables over this notebook's defaults (moelab.params; papermill style).
 from moelab.params import notebook_params
 
-P = notebook_params(docs_per_domain=24)          # MOELAB_FAST=1 caps documents and window length
+P = notebook_params(docs_per_domain=12)          # MOELAB_FAST=1 caps documents and window length
 MODEL, DTYPE, DEVICE, FIGURES = P.model, P.dtype, P.device, P.figures
 DOCS_PER_DOMAIN, SEQ_LEN, FAST = P.docs_per_domain, P.seq_len, P.fast
 
