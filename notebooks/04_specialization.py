@@ -48,7 +48,7 @@
 # Parameters: MOELAB_* environment variables over this notebook's defaults (moelab.params; papermill style).
 from moelab.params import notebook_params
 
-P = notebook_params(docs_per_domain=8)          # MOELAB_FAST=1 caps documents and window length
+P = notebook_params(docs_per_domain=6)          # MOELAB_FAST=1 caps documents and window length
 MODEL, DTYPE, DEVICE, FIGURES = P.model, P.dtype, P.device, P.figures
 DOCS_PER_DOMAIN, SEQ_LEN, FAST = P.docs_per_domain, P.seq_len, P.fast
 
@@ -88,19 +88,24 @@ print(f"{MODEL_NAME}: {model.config.num_hidden_layers} layers, top-{K} of {E} ex
 # %% [markdown]
 # ## 1. One trace with everything the analyses need
 #
-# Held-out windows of every domain, tagged with their domain; with `predictions=True` each
-# token also gets the model's predicted next token (`predicted_id`), and we attach the true
-# next token (`next_token_id`, −1 at the end of a window).
+# Held-out windows of every domain, tagged with their domain, and the true next token of
+# each (`next_token_id`, −1 at the end of a window). The decoder stack alone is run: no LM
+# head. A smaller slice is traced a second time with `predictions=True`, which runs the LM
+# head (on this model it costs several times the rest) and adds the model's predicted next
+# token (`predicted_id`) for the predicted-token analysis of section 4.
 
 # %%
 docs = {d: ds[:DOCS_PER_DOMAIN] for d, ds in load_documents("heldout").items()}
-tr = trace_documents(model, tok, docs, seq_len=SEQ_LEN, predictions=True, desc="trace held-out")
+tr = trace_documents(model, tok, docs, seq_len=SEQ_LEN, desc="trace held-out")
 tr = tr.with_columns(next_token_id=next_token_ids(tr))
+pred_docs = {d: ds[: max(1, DOCS_PER_DOMAIN // 6)] for d, ds in docs.items()}
+pred_tr = trace_documents(model, tok, pred_docs, seq_len=SEQ_LEN, predictions=True, desc="trace with predictions")
+pred_tr = pred_tr.with_columns(next_token_id=next_token_ids(pred_tr))
 ids = list(tr.layer_ids)
 LAYERS = list(representative_layers(tr))     # first, middle, last
-nxt = tr.columns["next_token_id"]
-acc = np.mean(tr.columns["predicted_id"][nxt >= 0] == nxt[nxt >= 0])
-print(tr, f"\nnext-token accuracy of the model on these tokens: {acc:.1%}")
+nxt = pred_tr.columns["next_token_id"]
+acc = np.mean(pred_tr.columns["predicted_id"][nxt >= 0] == nxt[nxt >= 0])
+print(tr, f"\n{pred_tr.num_tokens:,} tokens with predictions; next-token accuracy of the model on them: {acc:.1%}")
 
 # %% [markdown]
 # ## 2. Co-activation, and its lift
@@ -179,14 +184,15 @@ top_domain_experts(tr, layers=LAYERS).round(2)
 # OLMoE's scalar (§5): for each token id x seen at least 5 times, the largest share of its
 # occurrences that go to one expert as first choice, max_E N(x, E)/N(x), averaged over ids.
 # Three choices of "token": the **input** token, the true **next** token, and the token the
-# model **predicts**. Its chance level is not 1/E: a token seen n times, routed independently
+# model **predicts** (on the smaller slice traced with predictions). Its chance level is not 1/E: a token seen n times, routed independently
 # with the layer's loads p, scores E[max share] by chance — about 0.39 for n = 5 and 0.25 for
 # n = 20 with 8 equal experts, more with unequal loads. `vocab_chance` computes it exactly
 # for the ids' actual counts and the layer's loads.
 
 # %%
-kinds = {"input token": "token_id", "next token": "next_token_id", "predicted token": "predicted_id"}
-scalars = pd.concat({label: vocab_scalar(tr, by=by, min_count=5) for label, by in kinds.items()}, axis=1)
+kinds = {"input token": (tr, "token_id"), "next token": (tr, "next_token_id"),
+         "predicted token": (pred_tr, "predicted_id")}                    # the smaller slice with predictions
+scalars = pd.concat({label: vocab_scalar(t, by=by, min_count=5) for label, (t, by) in kinds.items()}, axis=1)
 scalars.to_csv(FIGURES / "04_vocab_specialization.csv")
 olmoe_scalar, chance = scalars.xs("observed", axis=1, level=1), scalars.xs("chance", axis=1, level=1)
 display(pd.concat({"observed": olmoe_scalar, "chance": chance, "observed - chance": olmoe_scalar - chance}, axis=1))
