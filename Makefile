@@ -33,7 +33,7 @@ figures: $(STAMP)
 	$(BIN)/moelab figures
 
 lab: $(STAMP)           # pair every notebooks/NN_*.py with an .ipynb (jupytext.toml) and open JupyterLab
-	$(BIN)/jupytext --sync notebooks/0*.py
+	$(BIN)/jupytext --sync --update-metadata "$$($(BIN)/python -c 'import json, ipykernel.ipkernel as k; print(json.dumps({"language_info": k.IPythonKernel.language_info}))')" notebooks/[01]*.py
 	$(BIN)/jupyter lab notebooks/
 
 test: test-suite test-oldest test-latest

@@ -238,9 +238,6 @@ def test_a_paired_notebook_opens_runnable_by_double_click_and_saves_without_chur
     page.close()
 
 
-@pytest.mark.xfail(strict=True, reason="JupyterLab marks a notebook modified when the kernel's language_info differs "
-                   "from the file's; `make lab` must write it into the .ipynb (jupytext --update-metadata, see "
-                   "docs/explorer.md). Strict: remove this mark once the Makefile does")
 def test_a_paired_notebook_is_not_marked_modified_on_open(paired_lab, browser):  # noqa: F811
     url, token, *_ = paired_lab
     page, _ = open_by_double_click(browser, url, token)
