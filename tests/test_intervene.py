@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import moelab
-from moelab.interventions import Force, InterventionError, UnsupportedIntervention, intervene
+from moelab.interventions import Force, Intervention, InterventionError, UnsupportedIntervention, intervene, ops
 from moelab.reference import model_forward
 
 from conftest import BUILDERS, VOCAB, hook_state, tiny_mixtral
@@ -31,6 +31,30 @@ def own_trace(model, ids):
 
 
 # ------------------------------------------------------------------ no-ops are bitwise no-ops
+def test_every_no_op_is_bitwise_equal_on_mixtral(mixtral, ids):
+    ref = logits(mixtral, ids)
+    tr = own_trace(mixtral, ids)
+    own = {int(l): Force(torch.as_tensor(tr.experts[:, j].astype("int64"))) for j, l in enumerate(tr.layer_ids)}
+    for kw in (dict(top_k=2), dict(ablate=[]), dict(ablate=[], mode="zero"), dict(bias=torch.zeros(8)),
+               dict(skip=0.0), dict(replay=tr), dict(force=own), dict(replay=tr, replay_weights="trace")):
+        assert torch.equal(logits(mixtral, ids, **kw), ref), kw
+
+
+def test_forcing_with_padding_keeps_the_padded_models_output(mixtral):
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(5))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])                     # left padding, as generate pads
+    with torch.no_grad():
+        ref = mixtral(input_ids=ids, attention_mask=mask).logits
+        with moelab.trace(mixtral) as tr:
+            mixtral(input_ids=ids, attention_mask=mask)
+        with intervene(mixtral, replay=tr) as iv:
+            out = mixtral(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(out[mask.bool()], ref[mask.bool()])
+    with intervene(mixtral, top_k=1) as iv, torch.no_grad():
+        mixtral(input_ids=ids, attention_mask=mask)
+    assert iv.counts() == {0: (12.0, 12), 1: (12.0, 12), 2: (12.0, 12)}          # padding is not counted
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", list(BUILDERS))
 def test_recomputing_the_routers_own_choice_is_bitwise_equal(arch, ids):
@@ -171,6 +195,11 @@ def test_params_buffers_config_and_hooks_are_unchanged_even_after_an_exception(m
     (dict(top_k=0), "top_k=0"),
     (dict(top_k=9), "top_k=9"),
     (dict(bias=torch.zeros(5)), "(5,)"),
+    (dict(bias={0: [1.0, 2.0]}), "[1.0, 2.0]"),
+    (dict(ablate=[-1]), "expert -1"),
+    (dict(top_k={0: 0}), "top_k=0"),
+    (dict(skip=[0.1, 0.2]), "[0.1, 0.2]"),
+    (dict(force=Force([1, 2], weights=[1.0])), "[1.0]"),
     (dict(skip=1.5), "1.5"),
     (dict(mode="drop", ablate=[1]), "'drop'"),
     (dict(ablate=[0, 1, 2, 3, 4, 5, 6], top_k=2), "top_k=2"),
@@ -200,6 +229,22 @@ def test_nested_blocks_that_change_the_same_layer_are_refused(mixtral, ids):
             with intervene(mixtral, top_k=1):
                 pass
         assert "ablate=[2]" in str(e.value) and "top_k=1" in str(e.value)
+
+
+def test_an_unverified_architecture_is_refused_naming_it_and_the_operation(monkeypatch, ids):
+    model = BUILDERS["olmoe"]()
+    monkeypatch.setattr(ops, "VERIFIED", tuple(a for a in ops.VERIFIED if a != "olmoe"))
+    with pytest.raises(UnsupportedIntervention, match=r"olmoe: ablate=\[2\] and top_k=1 is not verified"):
+        intervene(model, top_k=1, ablate=[2])
+    with pytest.raises(UnsupportedIntervention, match="olmoe: score is not verified"):
+        moelab.interventions.score(model, None, {"a": "x"})
+    with intervene(model), torch.no_grad():                                     # an empty block changes nothing
+        model(ids)
+
+
+def test_unknown_arguments_are_refused(mixtral):
+    with pytest.raises(TypeError, match="ablte"):
+        Intervention(mixtral, ablte=[1])
 
 
 def test_phimoe_refuses_what_sparsemixer_cannot_express(ids):

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from moelab.compute import count_params, flops_per_token
-from moelab.interventions import ablation_sweep, frontier, implied_compute, intervene, score
+from moelab.interventions import ablation_sweep, bias_sweep, frontier, implied_compute, intervene, score
+from moelab.interventions.nexttoken import Reference
+from moelab.interventions.sweep import changed_positions
 
-from conftest import tiny_mixtral
+from conftest import BUILDERS, tiny_mixtral
 
 
 class CharTok:
@@ -70,19 +72,67 @@ def test_frontier_aggregates_domains_and_places_dense_baselines(mixtral):
     assert dense.active_params.iloc[0] == pytest.approx(fr.loc["top-1", "active_params"], rel=0.01)
 
 
+def test_reference_statistics_equal_torchs_cross_entropy_kl_and_argmax():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True)                                   # a bias, like PhiMoE's head
+    h, h2, tgt = torch.randn(40, 16), torch.randn(40, 16), torch.randint(0, 50, (40,))
+    ref = Reference(head, h, tgt, chunk=7)                                      # chunks that do not divide 40
+    nll, agree, kl = ref.compare(h2)
+    p, q = head(h).log_softmax(-1), head(h2).log_softmax(-1)
+    assert torch.allclose(ref.nll, torch.nn.functional.cross_entropy(head(h), tgt, reduction="none"), atol=1e-5)
+    assert torch.allclose(nll, torch.nn.functional.cross_entropy(head(h2), tgt, reduction="none"), atol=1e-5)
+    assert torch.allclose(kl, (p.exp() * (p - q)).sum(-1), atol=1e-5)
+    assert torch.equal(agree, head(h).argmax(-1) == head(h2).argmax(-1))
+    changed = torch.arange(40) % 3 == 0
+    nll_s, agree_s, kl_s = ref.compare_sparse(torch.where(changed[:, None], h2, h), changed)
+    assert torch.allclose(nll_s[changed], nll[changed]) and torch.equal(nll_s[~changed], ref.nll[~changed])
+    assert (kl_s[~changed] == 0).all() and agree_s[~changed].all()
+
+
+def test_only_positions_from_the_first_hit_on_can_change():
+    hit = torch.tensor([[False, True, False, True], [False, False, False, False]])
+    assert changed_positions(hit, last_layer=False).tolist() == [[False, True, True, True], [False] * 4]
+    assert torch.equal(changed_positions(hit, last_layer=True), hit)           # no attention after the last layer
+
+
 @pytest.mark.slow
-def test_the_prefix_reusing_sweep_equals_full_forwards(mixtral):
-    kw = dict(texts=TEXTS, layers=[0, 2], experts=[1, 5], seq_len=16, batch_size=2, progress=False)
-    fast = ablation_sweep(mixtral, CharTok(), reuse_prefix=True, **kw)
-    slow = ablation_sweep(mixtral, CharTok(), reuse_prefix=False, **kw)
+@pytest.mark.parametrize("arch, mode", [("mixtral", "route"), ("mixtral", "zero"), ("qwen2_moe", "route")])
+def test_the_batched_sweep_equals_whole_forwards(arch, mode):
+    torch.manual_seed(0)
+    model = BUILDERS[arch]()                                                     # qwen2_moe: not renormalised
+    kw = dict(texts=TEXTS, layers=[0, 2], experts=[1, 5], seq_len=16, batch_size=2, mode=mode, progress=False)
+    fast = ablation_sweep(model, CharTok(), reuse_prefix=True, **kw)
+    slow = ablation_sweep(model, CharTok(), reuse_prefix=False, **kw)
     assert len(fast) == 2 * (1 + 4)
     for col in ("nll", "kl", "agreement", "delta_ppl"):
-        assert torch.allclose(torch.tensor(fast[col].values), torch.tensor(slow[col].values), atol=1e-6), col
+        assert torch.allclose(torch.tensor(fast[col].values), torch.tensor(slow[col].values), atol=2e-5), col
     base = fast[fast.layer < 0]
     assert (base.delta_ppl == 0).all()
+    last = fast[fast.layer == 2]
+    if arch == "mixtral":                                          # at the last layer only the hit tokens rescore
+        assert (last.rescored < 1).all() and (last.rescored > 0).all()
+
+
+@pytest.mark.slow
+def test_the_sweep_shares_sum_to_one_per_domain_and_layer(mixtral):
     full = ablation_sweep(mixtral, CharTok(), texts=TEXTS, layers=[1], seq_len=16, progress=False)
     shares = full[full.layer == 1].groupby("domain").share.sum()
     assert shares.values == pytest.approx([1.0, 1.0])                             # shares of all 8 experts
+
+
+@pytest.mark.slow
+def test_the_batched_bias_sweep_equals_one_intervene_block_per_bias(mixtral):
+    df = bias_sweep(mixtral, CharTok(), texts=TEXTS, layer=1, expert=6, biases=[0.0, 3.0], seq_len=16,
+                    progress=False).set_index(["domain", "bias"])
+    vec = torch.zeros(8)
+    vec[6] = 3.0
+    sc = score(mixtral, CharTok(), TEXTS, interventions={"b": dict(bias={1: vec})}, seq_len=16, progress=False)
+    b = sc[sc.intervention == "b"].set_index("domain")
+    for d in TEXTS:
+        assert df.loc[(d, 3.0), "nll"] == pytest.approx(b.loc[d, "nll"], abs=2e-5)
+        assert df.loc[(d, 3.0), "kl"] == pytest.approx(b.loc[d, "kl"], abs=2e-5)
+        assert df.loc[(d, 0.0), "kl"] == pytest.approx(0.0, abs=2e-5)
+    assert (df.xs(3.0, level="bias").share > df.xs(0.0, level="bias").share).all()
 
 
 def test_the_plot_helpers_draw_one_panel_per_domain(mixtral):

@@ -43,7 +43,22 @@ class InterventionError(ValueError):
 
 
 class UnsupportedIntervention(InterventionError):
-    """The architecture's router cannot express this operation."""
+    """The architecture's router cannot express this operation, or moelab has not verified it there."""
+
+
+# Architectures whose routers `select` reproduces bitwise (tests/test_intervene_ops.py) and whose
+# interventions are tested end to end (tests/test_intervene.py). Any other architecture an adapter
+# finds (moelab.adapters / moelab.arch) is refused, naming the architecture and the operation.
+VERIFIED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe")
+
+
+def check_verified(arch: str, operation: str) -> None:
+    """Refuse `operation` on an architecture whose routing moelab has not verified."""
+    if arch not in VERIFIED:
+        raise UnsupportedIntervention(
+            f"{arch}: {operation} is not verified for this architecture: moelab intervenes only where it has "
+            f"checked that it reproduces the router bitwise ({', '.join(VERIFIED)}). Tracing works; to add "
+            f"{arch}, give it a RouterSpec in moelab/interventions/ops.py and the tests of tests/test_intervene*.py")
 
 
 @dataclass(frozen=True)
@@ -97,26 +112,39 @@ def _renorm(v: torch.Tensor) -> torch.Tensor:
     return v
 
 
+def shift(num_experts: int, bias=None, blocked=None, device=None) -> torch.Tensor | None:
+    """The (E,) fp32 vector `select` adds to the logits: `bias`, and -inf at the `blocked` experts.
+
+    Precomputed once per block (adding 0.0 is exact, so a zero shift changes nothing bitwise).
+    """
+    if bias is None and not blocked:
+        return None
+    v = torch.zeros(num_experts) if bias is None else torch.as_tensor(bias, dtype=torch.float32).clone()
+    if blocked:
+        v[_ids(blocked, "cpu")] = float("-inf")
+    return v.to(device) if device is not None else v
+
+
 def select(logits: torch.Tensor, spec: RouterSpec, k: int | None = None, *, bias: torch.Tensor | None = None,
-           blocked=None) -> tuple[torch.Tensor, torch.Tensor]:
+           blocked=None, shifted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The architecture's (weights, index) for `logits` (+ `bias`), top-`k`, never choosing `blocked`.
 
     Blocked experts get logit -inf before the softmax: the router picks the next best and the
     weights are whatever the architecture makes of the remaining logits (renormalised or not).
+    `shifted`: a precomputed `shift(...)` vector (E,) or a per-token (tokens, E) one, instead of
+    bias / blocked.
     """
     k = spec.top_k if k is None else k
+    if shifted is None:
+        shifted = shift(spec.num_experts, bias, blocked, logits.device)
     if spec.sparsemixer:
         from transformers.models.phimoe.modeling_phimoe import sparsemixer
 
-        scores = logits if bias is None else logits + bias.to(logits.dtype)
-        if blocked:
-            scores = scores.index_fill(-1, _ids(blocked, logits.device), float("-inf"))
+        scores = logits if shifted is None else logits + shifted.to(logits.dtype)
         return sparsemixer(scores, jitter_eps=spec.jitter_eps, training=False, top_k=2)
     scores = logits.float()  # (tokens, E) fp32, like softmax(x.float()) / softmax(x, dtype=float)
-    if bias is not None:
-        scores = scores + bias.float()
-    if blocked:
-        scores = scores.index_fill(-1, _ids(blocked, logits.device), float("-inf"))
+    if shifted is not None:
+        scores = scores + shifted
     probs = torch.nn.functional.softmax(scores, dim=-1)
     top_v, top_i = torch.topk(probs, k, dim=-1)  # (tokens, k)
     if spec.renormalise:
@@ -144,7 +172,8 @@ def weights_for(logits: torch.Tensor, index: torch.Tensor, spec: RouterSpec, ope
 
 def zero(weights: torch.Tensor, index: torch.Tensor, experts) -> torch.Tensor:
     """Keep the choice, drop the experts' contribution: their weight becomes 0 (no renormalisation)."""
-    return weights.masked_fill(torch.isin(index, _ids(experts, index.device)), 0.0)
+    ids = experts if torch.is_tensor(experts) else _ids(experts, index.device)  # precomputed by intervene
+    return weights.masked_fill(torch.isin(index, ids), 0.0)
 
 
 def skip(weights: torch.Tensor, index: torch.Tensor, beta: float, spec: RouterSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,11 +189,9 @@ def skip(weights: torch.Tensor, index: torch.Tensor, beta: float, spec: RouterSp
         return weights, torch.ones_like(weights, dtype=torch.bool)
     kept = torch.ones_like(weights, dtype=torch.bool)
     kept[:, 1:] = ~(weights[:, 1:].float() < beta * weights[:, :1].float())
-    if bool(kept.all()):
-        return weights, kept
     w = weights.masked_fill(~kept, 0.0)
-    if spec.renormalise:
-        w = (w.float() / w.float().sum(-1, keepdim=True)).to(w.dtype)
+    if spec.renormalise:  # tokens that keep every expert keep their weights bitwise (no host sync)
+        w = torch.where(kept.all(-1, keepdim=True), weights, (w.float() / w.float().sum(-1, keepdim=True)).to(w.dtype))
     return w, kept
 
 

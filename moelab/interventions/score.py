@@ -8,7 +8,8 @@
     >>> df[["intervention", "domain", "ppl", "agreement", "kl", "flops_per_token"]]   # doctest: +SKIP
     >>> frontier(df, model.config)                                          # doctest: +SKIP
 
-Per (intervention, domain), over every next-token prediction of the windows:
+Per (intervention, domain), over every next-token prediction of the windows (the decoder runs
+without the LM head; nexttoken.py computes the statistics from hidden states, chunk by chunk):
 
     nll        mean -log p(next token)                     ppl   exp(nll)
     agreement  share of positions whose argmax equals the unmodified model's argmax
@@ -30,7 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .hooks import Intervention, intervene
+from .hooks import Intervention, intervene, router_spec
+from .nexttoken import Reference, final_hidden, scored
 
 
 def windows(tok, texts, seq_len: int = 128, max_windows: int | None = None) -> list[list[int]]:
@@ -97,35 +99,6 @@ def _batches(ws: list[list[int]], batch_size: int, pad: int):
         yield ids, mask
 
 
-class Reference:
-    """The unmodified model's next-token distribution at the real positions of one batch.
-
-    KL(p || q) = sum p log p - p . log q with sum p log p computed once per batch, p . log q as one
-    einsum (the vocabulary is 32k wide: elementwise passes over (tokens, V) dominate the cost).
-    """
-
-    def __init__(self, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
-        self.keep = (mask[:, 1:] * mask[:, :-1]).bool()                # (B, S-1) real predictions
-        self.tgt = ids[:, 1:][self.keep]                                # (N,)
-        z = logits[:, :-1][self.keep].float()                           # (N, V)
-        self.top = z.argmax(-1)
-        lse = torch.logsumexp(z, -1)
-        self.nll = lse - z.gather(-1, self.tgt[:, None])[:, 0]
-        z -= lse[:, None]                                               # log p, same ops as `compare`
-        self.p = z.exp()
-        self.negent = torch.einsum("nv,nv->n", self.p, z)               # (N,) sum p log p
-
-    def compare(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(nll, agreement, kl) per real position for the intervened `logits` (B, S, V)."""
-        z = logits[:, :-1][self.keep].float()                           # (N, V)
-        lse = torch.logsumexp(z, -1)
-        nll = lse - z.gather(-1, self.tgt[:, None])[:, 0]
-        agree = z.argmax(-1) == self.top
-        z -= lse[:, None]                                               # log q, in place (z is a copy)
-        kl = (self.negent - torch.einsum("nv,nv->n", self.p, z)).clamp_min(0.0)
-        return nll, agree, kl
-
-
 @torch.no_grad()
 def score(model, tok, texts=None, *, domains=None, split: str = "heldout", interventions=None, seq_len: int = 128,
           max_windows: int | None = None, batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
@@ -136,6 +109,7 @@ def score(model, tok, texts=None, *, domains=None, split: str = "heldout", inter
     """
     from tqdm.auto import tqdm
 
+    router_spec(model, "score")          # refuses architectures whose routing moelab has not verified
     interventions = dict(interventions or {})
     for name, kw in interventions.items():
         if not isinstance(kw, dict):
@@ -144,6 +118,7 @@ def score(model, tok, texts=None, *, domains=None, split: str = "heldout", inter
     data = _corpus(tok, texts, domains, split, seq_len, max_windows)
     pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else 0
     device = next(model.parameters()).device
+    head = model.get_output_embeddings()
     cfg = getattr(model.config, "get_text_config", lambda: model.config)()
     names = ["none", *interventions]
     acc = {(n, d): np.zeros(4) for n in names for d in data}      # nll sum, agree, kl sum, tokens
@@ -153,15 +128,16 @@ def score(model, tok, texts=None, *, domains=None, split: str = "heldout", inter
     for d, ws in data.items():
         for ids, mask in _batches(ws, batch_size, pad):
             ids, mask = ids.to(device), mask.to(device)
-            ref = Reference(model(input_ids=ids, attention_mask=mask, use_cache=False).logits, ids, mask)
+            keep, tgt = scored(ids, mask)
+            ref = Reference(head, final_hidden(model, ids, mask)[:, :-1][keep], tgt)   # the decoder without the head
             bar.update(1)
             for n in names:
                 if n == "none":
                     nll, agree, kl, iv = ref.nll, torch.ones_like(ref.top, dtype=torch.bool), torch.zeros_like(ref.nll), None
                 else:
                     with intervene(model, **interventions[n]) as iv:
-                        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                    nll, agree, kl = ref.compare(logits)
+                        h = final_hidden(model, ids, mask)[:, :-1][keep]
+                    nll, agree, kl = ref.compare(h)
                     bar.update(1)
                 acc[(n, d)] += [float(nll.sum()), float(agree.sum()), float(kl.sum()), len(nll)]
                 if iv is not None:
