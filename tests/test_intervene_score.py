@@ -122,7 +122,7 @@ def test_the_sweep_shares_sum_to_one_per_domain_and_layer(mixtral):
 
 @pytest.mark.slow
 def test_the_batched_bias_sweep_equals_one_intervene_block_per_bias(mixtral):
-    df = bias_sweep(mixtral, CharTok(), texts=TEXTS, layer=1, expert=6, biases=[0.0, 3.0], seq_len=16,
+    df = bias_sweep(mixtral, CharTok(), texts=TEXTS, layer=1, expert=6, biases=[0.0, 3.0], seq_len=16, max_windows=None,
                     progress=False).set_index(["domain", "bias"])
     vec = torch.zeros(8)
     vec[6] = 3.0

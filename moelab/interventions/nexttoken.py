@@ -1,7 +1,7 @@
 """Next-token statistics from final hidden states: NLL, argmax agreement and KL, without storing logits.
 
     >>> import torch
-    >>> head = torch.nn.Linear(4, 10, bias=False)
+    >>> head = torch.nn.Linear(4, 10, bias=False).requires_grad_(False)
     >>> h, tgt = torch.randn(5, 4), torch.tensor([1, 2, 3, 4, 5])
     >>> ref = Reference(head, h, tgt)
     >>> nll, agree, kl = ref.compare(h)                      # the same hidden states: agreement 1, KL 0
