@@ -9,7 +9,8 @@ Model: the embedded moelab-mixtral-tiny (fp32, one thread, as the notebooks run 
 tokens per domain. For each slice it times `ablation_sweep(..., reuse_prefix=True)` (what notebook
 07 runs); on `--compare-windows` it also times `reuse_prefix=False` (33 whole forwards per batch
 inside `moelab.intervene`), interleaved with the batched sweep, and prints the ratio.
-Targets (issue 11): the full sweep <= 5 min, the notebook's CI-fast mode <= 30 s.
+Targets (issue 11): the full sweep <= 5 min, the notebook's CI-fast mode <= 30 s. The `cpu s` column
+(process CPU time, one thread) estimates the wall time on an idle machine when the run is shared.
 Writes bench/results/ablation_sweep_cpu.txt.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -46,14 +48,16 @@ def main(argv=None):
     lines = [f"# bench_ablation_sweep: {environment('cpu', 'float32')}, {a.threads} thread(s)",
              f"# {type(model).__name__} {model.config.num_hidden_layers} layers x {model.config.num_local_experts} "
              f"experts, {len(doms)} domains, windows of 128 tokens, held-out split" + (f"; {a.note}" if a.note else ""),
-             f"{'windows/domain':>15}{'positions':>10}{'variant':>16}{'median s':>10}{'ratio':>8}{'rescored':>10}"]
+             f"{'windows/domain':>15}{'positions':>10}{'variant':>16}{'median s':>10}{'cpu s':>8}{'ratio':>8}{'rescored':>10}"]
     for w in a.windows:
-        out = {}
+        out, cpu = {}, {}
 
         def variant(reuse):
             def fn():
+                c0 = time.process_time()
                 out[reuse] = ablation_sweep(model, tok, domains=doms, max_windows=w, seq_len=128, reuse_prefix=reuse,
                                             progress=False)
+                cpu.setdefault(reuse, []).append(time.process_time() - c0)
             return fn
 
         fns = {"batched": variant(True)}
@@ -67,12 +71,15 @@ def main(argv=None):
         rescored = float((abl.rescored * abl.tokens).sum() / abl.tokens.sum())
         for name in fns:
             m = times.loc[name, "median_s"]
-            lines.append(f"{w:>15}{n:>10}{name:>16}{m:>10.1f}{m / base:>8.2f}{rescored if name == 'batched' else 1.0:>10.3f}")
+            c = sorted(cpu[name == "batched"])[len(cpu[name == "batched"]) // 2]
+            lines.append(f"{w:>15}{n:>10}{name:>16}{m:>10.1f}{c:>8.1f}{m / base:>8.2f}"
+                         f"{rescored if name == 'batched' else 1.0:>10.3f}")
         if False in out:
             diff = (out[True].set_index(["domain", "layer", "expert"]).nll
                     - out[False].set_index(["domain", "layer", "expert"]).nll).abs().max()
             lines.append(f"# windows={w}: max |nll batched - nll whole forwards| = {diff:.2e}")
         print("\n".join(lines[-len(fns) - (1 if False in out else 0):]), flush=True)
+    lines.append("# cpu s = this process's CPU seconds (one thread): close to the wall time on an idle machine")
     lines.append("# rescored = share of (ablation, position) pairs that went through the LM head again (the rest "
                  "are provably unchanged); ratio = median / batched median")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,10 @@ How it works
 * Zeroed weights (ablate "zero", skip) still send the token through the expert with weight 0 in
   transformers' experts modules: the output is what the smaller routing gives, the wall time is not
   reduced. `effective_k()` counts experts with nonzero weight: what the routing implies for compute.
+* Only architectures in `ops.VERIFIED` accept operations; any other raises UnsupportedIntervention
+  naming the architecture and the operation (an empty block is allowed anywhere).
 
 See docs/interventions.md. Argument checks and per-layer plans: plan.py; references: ops.py.
-
 """
 
 from __future__ import annotations
