@@ -103,8 +103,10 @@ class Intervention:
         self.plans = {i: p.finish(self.spec, _device(self._by_layer[i].module)) for i, p in plans.items() if not p.empty}
         self._handles: list = []
         self._fwd: dict | None = None
-        self._active: dict[int, torch.Tensor] = {}
+        self._active: dict[int, torch.Tensor] = {}   # may-zero layers: nonzero weights counted per forward
         self._tokens: dict[int, int] = {}
+        self._n_total = 0                             # unpadded tokens of every forward (one add per forward)
+        self._width: dict[int, int] = {}              # other layers: every chosen expert counts, k is known
 
     # ---------------------------------------------------------- context
     def __enter__(self) -> "Intervention":
@@ -145,16 +147,16 @@ class Intervention:
 
     def effective_k(self) -> dict[int, float]:
         """Per router layer, the mean number of experts with nonzero weight per (unpadded) token so far."""
-        out = {}
-        for r in self.routers:
-            n = self._tokens.get(r.layer, 0)
-            k = self.spec.top_k if self.spec is not None else 0
-            out[r.layer] = float(self._active[r.layer]) / int(n) if int(n) else float(k)
-        return out
+        c = self.counts()
+        k = self.spec.top_k if self.spec is not None else 0
+        return {r.layer: c[r.layer][0] / c[r.layer][1] if r.layer in c and c[r.layer][1] else float(k)
+                for r in self.routers}
 
     def counts(self) -> dict[int, tuple[float, int]]:
         """Per changed layer: (experts with nonzero weight summed over tokens, unpadded tokens) so far."""
-        return {i: (float(self._active[i]), int(self._tokens[i])) for i in self._active}
+        out = {i: (float(w * self._n_total), int(self._n_total)) for i, w in self._width.items()}
+        out.update({i: (float(self._active[i]), int(self._tokens[i])) for i in self._active})
+        return dict(sorted(out.items()))
 
     # -------------------------------------------------------------- hooks
     def _pre_hook(self, module, args, kwargs):
@@ -163,6 +165,8 @@ class Intervention:
         if ids is None:
             if self.trace is not None:
                 raise InterventionError("replay needs input_ids (the forward got inputs_embeds): cannot check tokens")
+            emb = get("inputs_embeds")
+            self._n_total = self._n_total + (emb.shape[0] * emb.shape[1] if emb is not None else 0)
             self._fwd = None
             return None
         B, S = ids.shape[0], ids.shape[1]
@@ -174,6 +178,7 @@ class Intervention:
             fwd["valid"], fwd["n"] = valid, valid.sum()   # tensors: no host sync per forward
         else:
             fwd["valid"], fwd["n"] = None, B * S
+        self._n_total = self._n_total + fwd["n"]
         if self.trace is not None:
             self._check_replay(fwd)
         self._fwd = fwd
@@ -229,14 +234,14 @@ class Intervention:
             w = ops.zero(w, idx, plan.zero_ids)
         if plan.beta is not None:
             w, _ = ops.skip(w, idx, plan.beta, spec)
-        n = w.shape[0] if fwd is None else fwd["n"]                      # unpadded tokens (int or 0-d tensor)
         if plan.may_zero:                                                 # count nonzero weights, on the device
+            n = w.shape[0] if fwd is None else fwd["n"]                  # unpadded tokens (int or 0-d tensor)
             act = ops.active_experts(w)                                   # (tokens,)
             act = act.sum() if fwd is None or fwd["valid"] is None else (act * fwd["valid"].to(act.device)).sum()
-        else:                                                             # every chosen expert contributes
-            act = n * idx.shape[-1]
-        self._active[plan.layer] = self._active.get(plan.layer, 0) + act
-        self._tokens[plan.layer] = self._tokens.get(plan.layer, 0) + n
+            self._active[plan.layer] = self._active.get(plan.layer, 0) + act
+            self._tokens[plan.layer] = self._tokens.get(plan.layer, 0) + n
+        else:                                                             # every chosen expert contributes: k known
+            self._width[plan.layer] = idx.shape[-1]
         return logits, w, idx
 
     def _apply_replay(self, plan, logits, w, idx, fwd):
