@@ -38,19 +38,25 @@ def synthetic_trace(tokens: int, layers: int = 32, experts: int = 8, k: int = 2,
     dom_of_seq = rng.integers(0, len(DOMAINS), size=int(sequence[-1]) + 1)
     dom = dom_of_seq[sequence]                                        # (tokens,)
     token_id = np.minimum(rng.zipf(1.3, size=T), 32000) - 1           # Zipfian vocabulary
-    ex = np.empty((T, L, k), np.uint8)                                # (tokens, layers, k)
+    ex = np.empty((T, L, k), np.uint8 if E <= 256 else np.int16)      # (tokens, layers, k)
+    weights = np.empty((T, L, k), np.float32)
     first_pos = np.r_[True, sequence[1:] != sequence[:-1]]
+    rows = np.arange(T)[:, None]
     for l in range(L):
         pref = np.log(rng.dirichlet(np.full(E, 4.0)))                   # layer popularity
         dom_pref = 0.3 * rng.standard_normal((len(DOMAINS), E))        # domain shift
         scores = rng.gumbel(size=(T, E)).astype(np.float32) + (pref + dom_pref[dom]).astype(np.float32)
-        top = np.argsort(-scores, axis=1)[:, :k].astype(np.uint8)      # (tokens, k)
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < E else np.tile(np.arange(E), (T, 1))
+        s = scores[rows, top]                                          # (tokens, k)
+        order = np.argsort(-s, axis=1)
+        top, s = np.take_along_axis(top, order, 1), np.take_along_axis(s, order, 1)
         repeat = (rng.random(T) < 0.25) & ~first_pos
         idx = np.flatnonzero(repeat)
         top[idx] = top[idx - 1]                                        # locality: copy previous token
         ex[:, l] = top
-    w0 = rng.uniform(0.5, 1.0, size=(T, L)).astype(np.float16)
-    weights = np.stack([w0, (1 - w0.astype(np.float32)).astype(np.float16)], -1)  # (tokens, layers, k)
+        w = np.exp(s - s[:, :1])
+        weights[:, l] = w / w.sum(1, keepdims=True)                    # softmax over the top-k
+    weights = weights.astype(np.float16)
     return moelab.RoutingTrace.from_arrays(
         ex, weights, num_experts=E, sequence=sequence, token_id=token_id, domain=DOMAINS[dom]
     )
@@ -59,11 +65,14 @@ def synthetic_trace(tokens: int, layers: int = 32, experts: int = 8, k: int = 2,
 def perturbed(trace, frac: float = 0.1, seed: int = 1):
     """A copy whose first choice is changed on `frac` of (token, layer) entries."""
     rng = np.random.default_rng(seed)
-    ex = trace.experts.copy()
+    ex = trace.experts.copy()                                          # (tokens, layers, k)
     flip = rng.random(ex.shape[:2]) < frac
-    ex[..., 0][flip] = (ex[..., 0][flip] + 1 + rng.integers(0, trace.num_experts - 1, flip.sum())) % trace.num_experts
-    clash = ex[..., 0] == ex[..., 1]
-    ex[..., 1][clash] = (ex[..., 1][clash] + 1) % trace.num_experts
+    old = ex[..., 0].astype(np.int64)
+    new = np.where(flip, (old + 1 + rng.integers(0, trace.num_experts - 1, flip.shape)) % trace.num_experts, old)
+    for r in range(1, ex.shape[2]):                                    # keep ids distinct: swap with a clash
+        clash = flip & (ex[..., r] == new)
+        ex[..., r][clash] = old[clash]
+    ex[..., 0] = new
     return dataclasses.replace(trace, experts=ex)
 
 

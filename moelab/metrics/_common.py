@@ -171,24 +171,32 @@ def consecutive_pairs(trace: RoutingTrace) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------- top-k sets
-def topk_bits(experts_l: np.ndarray, num_experts: int) -> np.ndarray | None:
-    """Each token's expert set as a uint64 bitmask, (tokens,); None when E > 64."""
-    if num_experts > 64:
-        return None
-    bits = np.left_shift(np.uint64(1), experts_l.astype(np.uint64))  # (tokens, k)
-    return np.bitwise_or.reduce(bits, axis=1)
+def topk_bits(experts_l: np.ndarray, num_experts: int) -> np.ndarray:
+    """Each token's expert set as a bitmask of ceil(E / 64) uint64 words, (tokens, words).
+
+        >>> topk_bits(np.array([[0, 65]]), 128).tolist()          # expert 0 in word 0, expert 65 in word 1
+        [[1, 2]]
+
+    Ids within a row are distinct (a top-k set), so OR-ing one rank at a time never
+    sets one (token, word) twice within a step.
+    """
+    T, k = experts_l.shape
+    W = max(-(-int(num_experts) // 64), 1)
+    e = experts_l.astype(np.uint64)                                  # (tokens, k)
+    bits = np.left_shift(np.uint64(1), e & np.uint64(63))            # (tokens, k)
+    if W == 1:
+        return np.bitwise_or.reduce(bits, axis=1)[:, None]
+    out = np.zeros((T, W), np.uint64)
+    rows, word = np.arange(T), (e >> np.uint64(6)).astype(np.intp)
+    for r in range(k):
+        out[rows, word[:, r]] |= bits[:, r]
+    return out
 
 
 def overlap(a_l: np.ndarray, b_l: np.ndarray, num_experts: int) -> np.ndarray:
     """|A ∩ B| per token for two (tokens, k) expert-id arrays (ids within a row are distinct)."""
-    ba, bb = topk_bits(a_l, num_experts), topk_bits(b_l, num_experts)
-    if ba is not None:
-        return np.bitwise_count(ba & bb).astype(np.int64)
-    n = np.zeros(len(a_l), np.int64)
-    for i in range(a_l.shape[1]):
-        for j in range(b_l.shape[1]):
-            n += a_l[:, i] == b_l[:, j]
-    return n
+    both = topk_bits(a_l, num_experts) & topk_bits(b_l, num_experts)     # (tokens, words)
+    return np.bitwise_count(both).sum(1, dtype=np.int64)
 
 
 # -------------------------------------------------------------------- same tokens

@@ -66,14 +66,12 @@ def coactivation_counts(experts: np.ndarray, E: int) -> np.ndarray:
     """N(i, j) per layer, (L, E, E), diagonal N(i), from experts (tokens, L, k). Sums over disjoint token sets."""
     T, L, k = experts.shape
     counts = np.zeros((L, E, E), np.int64)
-    eye = np.arange(E) * (E + 1)
+    r, s = np.triu_indices(k, 1)                                   # every pair of ranks r < s
+    diag = np.arange(E) * (E + 1)
     for l in range(L):
         ex = experts[:, l, :].astype(np.int64)                     # (tokens, k)
-        c = np.zeros(E * E, np.int64)
-        for r in range(k):
-            c[eye] += np.bincount(ex[:, r], minlength=E)           # diagonal: N(i)
-            for s in range(r + 1, k):
-                c += np.bincount(ex[:, r] * E + ex[:, s], minlength=E * E)
+        c = np.bincount((ex[:, r] * E + ex[:, s]).reshape(-1), minlength=E * E)   # one pass over all pairs
+        c[diag] += np.bincount(ex.reshape(-1), minlength=E)        # diagonal: N(i)
         c = c.reshape(E, E)
         off = c - np.diag(np.diag(c))
         counts[l] = off + off.T + np.diag(np.diag(c))             # pairs counted both ways
