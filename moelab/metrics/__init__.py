@@ -28,6 +28,9 @@ from .capacity import capacity, capacity_drops
 from .coactivation import coactivation, layer_transitions
 from .locality import consecutive_pairs, next_token_ids, random_repeat_rates, repeat_rates
 from .specialization import domain_distribution, domain_specialization, vocab_specialization
+from . import _common, stream  # noqa: E402,I001  (last: stream builds on the modules above)
+
+_common.STREAM = stream.dispatch   # the streamed path of every metric, without an import circle
 
 __all__ = [
     "expert_load",

@@ -29,6 +29,9 @@ def check_trace(trace, fn: str) -> RoutingTrace:
     return trace
 
 
+STREAM = None   # moelab.metrics.stream.dispatch, registered by moelab/metrics/__init__.py (no import circle)
+
+
 def streamable(fn):
     """Dispatch `fn(trace, ...)` to `moelab.metrics.stream` when a trace argument is a path or TraceSource."""
     import functools
@@ -42,9 +45,7 @@ def streamable(fn):
         if not lazy and fn.__name__ == "router_saturation" and args and isinstance(args[0], dict):
             lazy = any(is_lazy(v) for v in args[0].values())
         if lazy:
-            from . import stream
-
-            return stream.dispatch(fn, *args, **kwargs)
+            return STREAM(fn, *args, **kwargs)
         return fn(*args, **kwargs)
 
     wrapper.__wrapped_in_memory__ = fn
