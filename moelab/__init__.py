@@ -37,6 +37,9 @@ _LAZY = {
     "intervene": ("moelab.interventions", "intervene"),
     "Force": ("moelab.interventions", "Force"),
     "InterventionError": ("moelab.interventions", "InterventionError"),
+    "notebook_params": ("moelab.params", "notebook_params"),
+    "shard_path": ("moelab.shards", "shard_path"),
+    "check_shards": ("moelab.shards", "check_shards"),
 }
 
 
@@ -49,7 +52,7 @@ def __getattr__(name):
         globals()[name] = value
         return value
     if name in ("metrics", "plots", "compute", "bench", "serving", "explorer", "corpus", "device", "codec",
-                "interventions"):
+                "interventions", "arch", "shards", "toy", "variants", "papers"):
         import importlib
 
         return importlib.import_module(f"moelab.{name}")
@@ -78,6 +81,8 @@ __all__ = [
     "intervene",
     "Force",
     "InterventionError",
+    "notebook_params",
+    "shard_path",
+    "check_shards",
     "__version__",
 ]
-_LAZY["notebook_params"] = ("moelab.params", "notebook_params")

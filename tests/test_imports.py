@@ -17,11 +17,6 @@ ANALYSIS = ("moelab.routing_trace", "moelab.store", "moelab.metrics", "moelab.pl
 MODEL_OR_TOOLING = ("moelab.tools", "moelab.train", "moelab.model_card", "moelab.notebooks", "moelab.cli",
                     "moelab.models", "moelab.tracer", "moelab.hooks", "moelab.adapters", "moelab.engines",
                     "moelab.interventions", "moelab.bench", "moelab.corpus", "moelab.data")
-# circles other helpers are breaking today (issue 16); each is an xfail below until it is gone
-KNOWN = {
-    frozenset({"moelab.metrics._common", "moelab.metrics._stream_agreement",   # metrics/stream.py split
-               "moelab.metrics._stream_state", "moelab.metrics.stream"}),
-}
 
 
 def modules(root: Path = ROOT) -> dict[str, tuple[Path, bool]]:
@@ -101,14 +96,8 @@ def test_the_circle_finder_finds_a_function_level_circle(tmp_path):
 
 
 def test_no_import_circles_among_moelab_modules():
-    new = [sorted(c) for c in circles(import_graph()) if c not in KNOWN]
-    assert new == [], f"import circles: {new}"
-
-
-@pytest.mark.xfail(strict=False, reason="being broken by other helpers today (issue 16); passes once they land")
-@pytest.mark.parametrize("circle", sorted(sorted(c) for c in KNOWN), ids=lambda c: "<->".join(m.split(".")[-1] for m in c))
-def test_known_circle_is_gone(circle):
-    assert frozenset(circle) not in circles(import_graph())
+    found = [sorted(c) for c in circles(import_graph())]
+    assert found == [], f"import circles: {found}"
 
 
 def test_the_analysis_layer_never_reaches_model_or_tooling_code_even_lazily():
