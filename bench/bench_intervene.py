@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]  # bench/ and the repo
-from bench_tracer import build, workloads  # noqa: E402  the same mid-size model and workloads
+from moelab.bench.tracer_overhead import build, workloads  # noqa: E402  the same mid-size model and workloads
 
 import moelab  # noqa: E402
 from moelab.bench import environment, summarize, time_interleaved  # noqa: E402
