@@ -178,6 +178,25 @@ fit_table.to_csv(FIGURES / "05_memory_fits.csv")
 fit_table
 
 # %% [markdown]
+# ### Modern MoEs: how much of the model one token touches
+#
+# The same accounting on full-size configs shipped as code (`moelab.compute.modern_moes()`, no hub):
+# DeepSeek-V3 (sigmoid routing, 1 shared + 256 routed experts, top-8, 3 dense layers, MLA), GPT-OSS-120B,
+# Llama-4-Scout (text stack) and Qwen3-30B-A3B, each next to its published total and active counts
+# (`moelab.compute.PUBLISHED`; a test keeps ours within 2 %). GPT-OSS's published active count leaves
+# the input embedding out (`active_as_published_B`). Decode bytes per token = the weights one decode
+# step reads at fp16 with uniform routing, divided by the batch: at batch 32 a step reads most experts
+# once for all 32 tokens.
+
+# %%
+from moelab.compute import modern_moes
+
+modern = modern_moes()
+modern.to_csv(FIGURES / "05_modern_moes.csv")
+modern[["total_B", "active_B", "active_share", "published_total_B", "published_active_B", "active_as_published_B",
+        "fp16_GB", "int4_GB", "decode_GB_per_token_b1", "decode_GB_per_token_b32"]].round(2)
+
+# %% [markdown]
 # ## 4. Measured: MoE vs dense on this machine (small)
 #
 # A small Mixtral (random weights) and its two dense baselines, timed with interleaved

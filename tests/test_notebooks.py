@@ -32,7 +32,7 @@ EXPECTED = {
            "04_domain_specialization.csv", "04_vocab_specialization.png", "04_vocab_specialization.csv",
            "04_transitions.png", "04_transitions.csv", "04_saturation.png", "04_saturation.pdf", "04_saturation.csv",
            "04_pooled_vs_per_layer.png", "04_pooled_vs_per_layer.csv"],
-    "05": ["05_params_mixtral.csv", "05_dense_baselines.csv", "05_router_share.csv", "05_memory_fits.csv",
+    "05": ["05_params_mixtral.csv", "05_dense_baselines.csv", "05_router_share.csv", "05_memory_fits.csv", "05_modern_moes.csv",
            "05_moe_vs_dense.png", "05_moe_vs_dense.csv", "05_decode_bytes_vs_batch.png", "05_roofline.png",
            "05_compare_published.csv", "05_claims.csv"],
     "06": ["06_precision_agreement.png", "06_precision_agreement.csv", "06_flip_margins.csv"],
