@@ -28,8 +28,8 @@
 #
 # **What you need.** Notebooks 01–03 (what a routing trace is; Mixtral's Table 5 repetition rates).
 # CPU only; everything here is `moelab.serving` (pure numpy over a trace, definitions and sources
-# in `docs/serving.md`). **Takes** about 25 s of CPU in full mode (measured with a 100k-token
-# synthetic trace at 49 s of CPU on the loaded shared 2-core AVX2 machine, fp32; now 30k tokens).
+# in `docs/serving.md`). **Takes** 28 s in full mode (`make figures` on a fresh clone, 2-core AVX2
+# CPU, fp32, 2026-12-04).
 #
 # **Two routing sources, side by side, labelled everywhere.** (1) *embedded model*: the embedded
 # `moelab-mixtral-tiny` on held-out documents — real learned routing, but 4 layers and a teaching
