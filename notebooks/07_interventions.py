@@ -32,7 +32,7 @@
 #
 # **What you need.** Notebook 01 (what a router computes: softmax, top-k, renormalise) and 02
 # (`moelab.trace`). The embedded model `moelab-mixtral-tiny` on CPU, fp32, one thread. **Takes**
-# 34 s in full mode (`make figures` on a fresh clone, 2-core AVX2 CPU, 2026-12-04). The ablation sweep is batched: the prefix before
+# 34–36 s in full mode (`make figures` on a fresh clone, 2-core AVX2 CPU, 2026-12-04). The ablation sweep is batched: the prefix before
 # the ablated layer runs once, all 8 experts of a layer run as one stack, and only positions an
 # ablation can change go through the LM head (bench/bench_ablation_sweep.py). Full mode sweeps one
 # held-out window of 128 tokens per domain; `MOELAB_WINDOWS=3` runs the larger slice

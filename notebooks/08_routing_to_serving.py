@@ -28,7 +28,7 @@
 #
 # **What you need.** Notebooks 01–03 (what a routing trace is; Mixtral's Table 5 repetition rates).
 # CPU only; everything here is `moelab.serving` (pure numpy over a trace, definitions and sources
-# in `docs/serving.md`). **Takes** 28 s in full mode (`make figures` on a fresh clone, 2-core AVX2
+# in `docs/serving.md`). **Takes** 28–30 s in full mode (`make figures` on a fresh clone, 2-core AVX2
 # CPU, fp32, 2026-12-04).
 #
 # **Two routing sources, side by side, labelled everywhere.** (1) *embedded model*: the embedded
