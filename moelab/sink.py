@@ -129,6 +129,7 @@ class PartsSink:
     def __init__(self, spec: SinkSpec, folder: Path, *, flush_tokens: int, write: Callable, max_queued: int = 2,
                  first_part: int = 0):
         self.spec, self.folder, self.flush_tokens, self._write = spec, Path(folder), int(flush_tokens), write
+        self.folder.mkdir(parents=True, exist_ok=True)  # exists once the block opens, not when the writer thread first writes
         self.parts, self._first = 0, int(first_part)
         self._pending: list[Raw] = []
         self._pending_tokens = 0

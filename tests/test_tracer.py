@@ -330,6 +330,13 @@ def test_loading_a_folder_another_process_is_writing_returns_every_finished_part
         assert mid.num_tokens == 36 and sorted(set(mid.sequence.tolist())) == [0, 1, 2, 3]
 
 
+def test_a_streaming_folder_exists_as_soon_as_the_block_opens(mixtral, tmp_path):
+    # another process may poll it (or write beside it) before the writer thread's first part lands
+    folder = tmp_path / "a" / "live"
+    with moelab.trace(mixtral, path=folder, flush_tokens=1_000_000):
+        assert folder.is_dir()
+
+
 def test_a_writer_failure_is_raised_and_the_hooks_are_still_removed(mixtral, ids, tmp_path, monkeypatch):
     import moelab.store
 
