@@ -20,6 +20,10 @@ tokens  every token a forward pass read (padding is never recorded)
 layers  the MoE layers, in model order; `layer_ids` are the decoder-layer
         indices (`layers.{i}.router`), which can skip dense layers
 k       rank of the choice: rank 0 is the expert with the highest weight
+E       experts: `logits` (the router's raw logits) and `scores` (what its
+        top-k runs on, bias included; meta["scores"] says the formula) are
+        (tokens, layers, E) float32 when recorded (`moelab.trace(model,
+        logits=True, scores=True)`), else None
 
 References: Jiang et al. 2024, "Mixtral of Experts" §5 (routing analysis);
 Muennighoff et al. 2024, "OLMoE" §5.
@@ -51,6 +55,7 @@ class RoutingTrace:
     layer_ids: np.ndarray | None = None  # (layers,) int: decoder-layer index of each MoE layer
     meta: dict[str, Any] = field(default_factory=dict)         # model, config, dtype, tokenizer, version
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # extra per-token columns, e.g. domain
+    scores: np.ndarray | None = None    # (tokens, layers, E) float32: what top-k runs on (selection), if recorded
 
     def __post_init__(self):
         self.experts = np.asarray(self.experts)
@@ -70,7 +75,8 @@ class RoutingTrace:
             if arr.shape != (T,):
                 raise TraceMismatchError(f"{name} has shape {arr.shape}, expected ({T},) to match experts")
             setattr(self, name, arr)
-        for name, shape in (("weights", (T, L, k)), ("logits", (T, L, self.num_experts))):
+        for name, shape in (("weights", (T, L, k)), ("logits", (T, L, self.num_experts)),
+                            ("scores", (T, L, self.num_experts))):
             arr = getattr(self, name)
             if arr is not None and np.shape(arr) != shape:
                 raise TraceMismatchError(f"{name} has shape {np.shape(arr)}, expected {shape}")
@@ -104,7 +110,7 @@ class RoutingTrace:
         return self.num_tokens
 
     def __repr__(self) -> str:
-        extra = [n for n in ("weights", "logits") if getattr(self, n) is not None] + list(self.columns)
+        extra = [n for n in ("weights", "logits", "scores") if getattr(self, n) is not None] + list(self.columns)
         return (
             f"RoutingTrace(tokens={self.num_tokens}, layers={self.num_layers}, k={self.top_k}, "
             f"experts={self.num_experts}, sequences={len(np.unique(self.sequence))}, with={extra})"
@@ -125,6 +131,7 @@ class RoutingTrace:
         logits=None,
         layer_ids=None,
         meta: dict | None = None,
+        scores=None,
         **columns,
     ) -> "RoutingTrace":
         """Build a trace without a model, e.g. from a synthetic router.
@@ -136,6 +143,7 @@ class RoutingTrace:
         `experts` is (tokens, layers, k). Without `sequence` all tokens form one
         sequence; without `position`, positions count up within each sequence.
         Extra keyword arrays of length `tokens` become per-token columns.
+        `logits` and `scores` are (tokens, layers, E), stored as float32.
         """
         experts = np.asarray(experts)
         if experts.ndim != 3:
@@ -168,6 +176,7 @@ class RoutingTrace:
             layer_ids=layer_ids,
             meta=dict(meta or {}),
             columns={k: np.asarray(v) for k, v in columns.items()},
+            scores=None if scores is None else np.asarray(scores, np.float32),
         )
 
     @classmethod
@@ -191,7 +200,7 @@ class RoutingTrace:
                     f"(layers, k, experts) = {(first.num_layers, first.top_k, first.num_experts)} vs "
                     f"{(t.num_layers, t.top_k, t.num_experts)}"
                 )
-            for name in ("weights", "logits"):
+            for name in ("weights", "logits", "scores"):
                 if (getattr(t, name) is None) != (getattr(first, name) is None):
                     raise TraceMismatchError(f"cannot concatenate traces where only some have {name}")
             if not np.array_equal(t.layer_ids, first.layer_ids):
@@ -223,6 +232,7 @@ class RoutingTrace:
             layer_ids=first.layer_ids,
             meta=dict(first.meta),
             columns=_union_columns(traces),
+            scores=cat("scores"),
         )
 
     # ------------------------------------------------------------- selection
@@ -245,6 +255,7 @@ class RoutingTrace:
             layer_ids=self.layer_ids,
             meta=dict(self.meta),
             columns={k: v[idx] for k, v in self.columns.items()},
+            scores=take(self.scores),
         )
 
     def sorted(self) -> "RoutingTrace":

@@ -74,7 +74,7 @@ def _store():
 
 def _signature(meta: dict, names: list[str]) -> dict:
     """What must agree between files of one trace folder."""
-    builtin = {*TOKEN_FIELDS, "experts", "weights", "logits"}
+    builtin = {*TOKEN_FIELDS, "experts", "weights", "logits", *(["scores"] if meta.get("scores") else [])}
     return {
         "model": (meta.get("meta") or {}).get("model"),
         "num_experts": meta.get("num_experts"),

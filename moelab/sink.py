@@ -40,6 +40,7 @@ class Raw:
     experts: np.ndarray                 # (layers, B*S, k)
     weights: np.ndarray                 # (layers, B*S, k) float32
     logits: np.ndarray | None = None    # (layers, B*S, E)
+    scores: np.ndarray | None = None    # (layers, B*S, E) float32 selection scores
     position: np.ndarray | None = None  # (B, S) real-token positions, when a 2D mask was given
     valid: np.ndarray | None = None     # (B, S) 1 = real token, 0 = padding
     pads: np.ndarray | None = None      # (B, 1) padding slots in the whole mask (cache + this forward)
@@ -97,6 +98,8 @@ def materialise(raw: Raw) -> dict[str, np.ndarray]:
     }
     if raw.logits is not None:
         rec["logits"] = tok(raw.logits)
+    if raw.scores is not None:
+        rec["scores"] = tok(raw.scores)
     rec["columns"] = {name: rows(np.repeat(np.asarray(vals), S)) for name, vals in raw.group.tags.items()}
     return rec
 

@@ -15,6 +15,8 @@ weights  : fixed_size_list<uint16 | float32>[layers * k_w]  row-major (layer, ra
            rank 0 is rebuilt as 1 - the others, so k_w = k - 1. Every reloaded
            weight is within 2^-11 of its own size; `float32` is bit-exact.
 logits   : fixed_size_list<float32>[layers * E]          only if recorded
+scores   : fixed_size_list<float32>[layers * E]          only if recorded (`scores=True`); selection scores,
+           bit-exact; the recording meta's `scores` names the formula. Such files say format 3
 <extra>  : any per-token columns (e.g. domain)
 
 The schema metadata key `moelab` holds JSON: format version, num_experts,
@@ -138,7 +140,9 @@ def _table_to_trace(table: pa.Table, meta: dict, path: Path) -> RoutingTrace:
     if "weights" in table.column_names:
         weights = read_weights(table["weights"], meta, T, path)
     logits = _unflatten(table["logits"], T, L, E, path, "logits") if "logits" in table.column_names else None
-    builtin = {*TOKEN_FIELDS, "experts", "weights", "logits"}
+    has_scores = bool(meta.get("scores")) and "scores" in table.column_names   # else "scores" is a user column
+    scores = _unflatten(table["scores"], T, L, E, path, "scores") if has_scores else None
+    builtin = {*TOKEN_FIELDS, "experts", "weights", "logits", *(["scores"] if has_scores else [])}
     columns = {c: table[c].to_numpy() for c in table.column_names if c not in builtin}
     return RoutingTrace(
         experts=experts,
@@ -152,6 +156,7 @@ def _table_to_trace(table: pa.Table, meta: dict, path: Path) -> RoutingTrace:
         layer_ids=np.asarray(meta["layer_ids"]),
         meta=meta.get("meta", {}),
         columns=columns,
+        scores=scores,
     )
 
 
@@ -171,7 +176,7 @@ def load_trace(path, *, columns: list[str] | None = None) -> RoutingTrace:
         >>> moelab.load_trace("/tmp/w.parquet").experts.shape      # (tokens, layers, k)
         (3, 2, 2)
 
-    `columns` limits what is read (e.g. `["experts"]` skips weights and logits);
+    `columns` limits what is read (e.g. `["experts"]` skips weights, logits and scores);
     token metadata and experts are always read.
     """
     path = Path(path)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 TOKEN_FIELDS = ("sequence", "position", "token_id", "step")
-FORMAT_VERSION = 2              # 2: weights encoded by moelab.codec (1: float16, drop_last)
+FORMAT_VERSION = 3              # 3: may hold selection `scores`; 2: weights encoded by moelab.codec (1: float16)
+SCORES_VERSION = 3              # files written with scores say 3 (older moelab refuses them); others still say 2
 META_KEY = b"moelab"
 MAX_EXPERTS = 65536             # uint16 ids
 

@@ -149,7 +149,7 @@ def _fields(t: RoutingTrace) -> dict:
 
 
 _FIELDS = ("experts", "weights", "num_experts", "sequence", "position", "token_id", "step", "logits",
-           "layer_ids", "meta", "columns")
+           "layer_ids", "meta", "columns", "scores")
 
 
 def _fill(target: RoutingTrace, source: RoutingTrace) -> None:

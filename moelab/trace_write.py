@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .codec import encode_weights
-from .trace_schema import FORMAT_VERSION, META_KEY, TraceMismatchError, expert_dtype
+from .trace_schema import META_KEY, SCORES_VERSION, TraceMismatchError, expert_dtype
 
 
 def _fixed_list(arr: np.ndarray) -> pa.Array:
@@ -47,18 +47,22 @@ def to_arrow_table(trace: RoutingTrace, *, shard: int | str = 0, run: str | None
         cols["weights"] = _fixed_list(stored)
     if trace.logits is not None:
         cols["logits"] = _fixed_list(trace.logits.astype(np.float32, copy=False))
+    scores = getattr(trace, "scores", None)
+    if scores is not None:
+        cols["scores"] = _fixed_list(scores.astype(np.float32, copy=False))
     for name, v in trace.columns.items():
         if name in cols:
             raise TraceMismatchError(f"extra column {name!r} clashes with a built-in trace column")
         cols[name] = pa.array(v)
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": SCORES_VERSION if scores is not None else 2,
         "num_experts": trace.num_experts,
         "num_layers": trace.num_layers,
         "top_k": trace.top_k,
         "layer_ids": [int(i) for i in trace.layer_ids],
         "weights_layout": layout,
         "weights_dtype": None if trace.weights is None else str(trace.weights.dtype),
+        "scores": scores is not None,     # the `scores` column is the selection scores (not an extra column)
         "shard": shard,
         "run": run,
         "meta": trace.meta,

@@ -33,6 +33,9 @@ Three jobs, three modules
 
 Weights are recorded exactly (float32 holds every fp16/bf16/fp32 value); files
 keep them to fp16 precision (`moelab.codec`), bit-exact with `logits=True`.
+`scores=True` also records the selection scores (the per-expert values the
+router's top-k runs on, selection bias included; `moelab.arch.scores`),
+computed from the router's returned logits; `meta["scores"]` says the formula.
 Beam search reorders the cache between steps; the tracer detects the reorder
 and refuses (TracingError) rather than record wrong locality.
 
@@ -55,6 +58,7 @@ from torch import nn
 from .arch import RecordError, adapter_for, find_routers, model_config
 from .arch.base import experts_arguments
 from .arch.record import experts_inputs, router_logits, router_record
+from .arch.scores import compute_scores, find_selection_bias, selection_rule
 from .hooks import HookSet
 from .routing_trace import RoutingTrace, _union_columns, expert_dtype
 from .sink import MemorySink, PartsSink, Raw, SinkSpec, Stops
@@ -68,7 +72,7 @@ __all__ = ["LiveTrace", "Tracer", "TracingError", "trace"]
 _ACTIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
-def trace(model: nn.Module, *, path=None, logits: bool = False, flush_tokens: int = 65536,
+def trace(model: nn.Module, *, path=None, logits: bool = False, scores: bool = False, flush_tokens: int = 65536,
           retain: bool | None = None, meta: dict | None = None, append: bool = False) -> "Tracer":
     """Context manager that records routing; yields a RoutingTrace (with `.tag()`) filled on exit.
 
@@ -81,14 +85,16 @@ def trace(model: nn.Module, *, path=None, logits: bool = False, flush_tokens: in
 
     path          folder to stream Parquet parts into (bounded memory); None keeps all in RAM
     logits        also record full router logits (float32, (tokens, layers, E)); files then keep weights bit-exact
+    scores        also record the selection scores (float32, (tokens, layers, E)): what the router's top-k runs on,
+                  e.g. sigmoid(logits) + e_score_correction_bias (DeepSeek-V3); meta["scores"] names the formula
     flush_tokens  with `path`: tokens buffered before a part file is written
     retain        fill the yielded trace on exit (default: True; with `path` it is read back from disk)
     meta          extra metadata stored in the trace (e.g. {"corpus": "heldout"})
     append        with `path`: add parts to a folder that already holds some (a resumed run); by default
                   such a folder is refused, so two runs never mix by accident
     """
-    return Tracer(model, path=path, logits=logits, flush_tokens=flush_tokens, retain=retain, meta=meta,
-                  append=append)
+    return Tracer(model, path=path, logits=logits, scores=scores, flush_tokens=flush_tokens, retain=retain,
+                  meta=meta, append=append)
 
 
 class LiveTrace(RoutingTrace):
@@ -107,7 +113,8 @@ class LiveTrace(RoutingTrace):
 
 
 class Tracer:
-    def __init__(self, model, *, path=None, logits=False, flush_tokens=65536, retain=None, meta=None, append=False):
+    def __init__(self, model, *, path=None, logits=False, scores=False, flush_tokens=65536, retain=None, meta=None,
+                 append=False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"moelab.trace expects a torch nn.Module (a transformers model); got {type(model).__name__}")
         self.model = model
@@ -120,6 +127,12 @@ class Tracer:
         self.num_experts = _num_experts(self.routers[0], self.adapter, self.config)
         self.top_k = _top_k(self.routers[0], self.adapter, self.config)
         self.logits = bool(logits)
+        self.scores = bool(scores)
+        self._rule, self._bias = None, [None] * len(self.routers)
+        if self.scores:                                 # the rule and each router's bias, found before any forward
+            self._rule = selection_rule(self.adapter, self.config)
+            if self._rule.bias:
+                self._bias = [find_selection_bias(model, r, self.num_experts) for r in self.routers]
         self.path = None if path is None else Path(path)
         self._first_part = _check_path(self.path, path, append=append, retain=retain, flush_tokens=flush_tokens)
         self.flush_tokens = int(flush_tokens)
@@ -175,7 +188,7 @@ class Tracer:
             for r in self.routers:
                 if self._from_experts:
                     self._hooks.forward_pre(r.name, r.experts, self._experts_hook, with_kwargs=True)
-                if self.logits or not self._from_experts:
+                if self.logits or self.scores or not self._from_experts:
                     self._hooks.forward(r.name + ".logits", r.module, self._router_hook)
             self._hooks.forward_pre("stack.pre", self.stack, self._pre_hook, with_kwargs=True)
             self._hooks.forward("stack.post", self.stack, self._post_hook)
@@ -301,6 +314,10 @@ class Tracer:
         parts = {"experts": torch.stack(index).to(self._e_dtype), "weights": torch.stack(weights).float()}
         if self.logits:
             parts["logits"] = torch.stack([o[2].to(dev, non_blocking=True) for o in outs]).float()
+        if self.scores:
+            parts["scores"] = torch.stack([
+                compute_scores(o[2], self._rule, None if b is None else b.tensor()).to(dev, non_blocking=True)
+                for o, b in zip(outs, self._bias)])
         mask = fwd["mask"]
         if mask is not None:
             # positions count real tokens only: unpadded tokens before + running count now (on the device)
@@ -332,7 +349,7 @@ class Tracer:
             index, weights = router_record(out, top_k=self.top_k, tokens=tokens, num_experts=self.num_experts,
                                            path=r.path)
         logits = None
-        if self.logits:
+        if self.logits or self.scores:
             logits = router_logits(out, self.adapter.logits_at, tokens=tokens, num_experts=self.num_experts,
                                    path=r.path)
         return index, weights, logits
@@ -373,12 +390,14 @@ class Tracer:
             }
             if self.logits:
                 cat["logits"] = np.zeros((0, L, self.num_experts), np.float32)
+            if self.scores:
+                cat["scores"] = np.zeros((0, L, self.num_experts), np.float32)
         parts = [_Cols(len(r["sequence"]), r["columns"]) for r in records]
         return RoutingTrace(
             experts=cat["experts"], weights=cat["weights"], num_experts=self.num_experts,
             sequence=cat["sequence"], position=cat["position"], token_id=cat["token_id"], step=cat["step"],
             logits=cat.get("logits"), layer_ids=np.array([r.layer for r in self.routers]),
-            meta=self._meta(), columns=_union_columns(parts) if parts else {},
+            meta=self._meta(), columns=_union_columns(parts) if parts else {}, scores=cat.get("scores"),
         )
 
     def _finish(self):
@@ -400,6 +419,15 @@ class Tracer:
     def _meta(self) -> dict:
         if self._meta_cache is None:
             self._meta_cache = _build_meta(self)
+            if self.scores:   # what the recorded scores are, and how the experts are chosen from them
+                rule, bias = self._rule, self._bias[0]
+                self._meta_cache.update(
+                    scores=rule.formula(bias.name if bias is not None else "bias"),
+                    scores_selection=rule.selection(self.top_k),
+                    scores_group_limit=None if rule.groups is None else
+                    {"groups": rule.groups[0], "kept": rule.groups[1], "group_score": rule.group_score},
+                    scores_bias=bias.path if bias is not None else None,
+                    scores_note=rule.note or None)
         return dict(self._meta_cache)
 
 
