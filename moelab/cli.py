@@ -44,7 +44,7 @@ def _collect_texts(args) -> list[tuple[str, int, str]]:
     return texts
 
 
-SETTINGS = ("model", "dtype", "source", "seq_len", "batch_size", "logits", "domains", "max_docs", "world_size")
+SETTINGS = ("model", "dtype", "source", "seq_len", "batch_size", "logits", "scores", "domains", "max_docs", "world_size")
 
 
 def cmd_trace(args) -> None:
@@ -69,7 +69,7 @@ def cmd_trace(args) -> None:
     out = Path(args.out) / (f"rank-{state.process_index}" if state.num_processes > 1 else "")
     settings = {"model": str(args.model or "embedded"), "dtype": str(dtype).replace("torch.", ""),
                 "source": args.corpus or "text", "seq_len": args.seq_len, "batch_size": args.batch_size,
-                "logits": bool(args.logits), "domains": args.domains, "max_docs": args.max_docs,
+                "logits": bool(args.logits), "scores": bool(args.scores), "domains": args.domains, "max_docs": args.max_docs,
                 "world_size": state.num_processes}
     todo = mine
     if args.resume and out.is_dir() and any(out.rglob("*.parquet")):
@@ -81,7 +81,7 @@ def cmd_trace(args) -> None:
     meta = {"shard": state.process_index, "tokenizer": getattr(tok, "name_or_path", type(tok).__name__),
             "trace_settings": settings}
     trace_corpus(model, tok, [], seq_len=args.seq_len, batch_size=args.batch_size, logits=args.logits,
-                      path=out, meta=meta, batches=todo, progress=state.is_local_main_process,
+                 scores=args.scores, path=out, meta=meta, batches=todo, progress=state.is_local_main_process,
                       desc=f"trace[{state.process_index}]", append=args.resume, retain=False,
                  flush_tokens=args.flush_tokens)
     state.wait_for_everyone()
@@ -99,6 +99,7 @@ def _check_resume(out: Path, settings: dict) -> None:
     for f in sorted(out.rglob("*.parquet")):
         raw = (pq.read_schema(f).metadata or {}).get(b"moelab")
         old = (json.loads(raw).get("meta", {}) if raw else {}).get("trace_settings")
+        old = None if old is None else {"scores": False, **old}  # runs from before --scores recorded none
         diff = {k: (old.get(k), settings.get(k)) for k in SETTINGS if old is not None and old.get(k) != settings.get(k)}
         if old is None or diff:
             what = "has no moelab trace settings" if old is None else \
@@ -142,6 +143,8 @@ def main(argv=None) -> None:
     t.add_argument("--seq-len", type=int, default=256, help="tokens per window")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--logits", action="store_true", help="also record full router logits (fp32)")
+    t.add_argument("--scores", action="store_true",
+                   help="also record the selection scores (fp32; what each router's top-k runs on, bias included)")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--resume", action="store_true",
                    help="continue a killed run in --out: skip the windows its finished parts hold")

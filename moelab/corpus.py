@@ -85,7 +85,8 @@ def batches_of(wins: list[Window], batch_size: int) -> list[list[Window]]:
 
 
 def trace_corpus(model, tok, docs: dict[str, list[str]] | list[tuple[str, int, str]], *, seq_len: int = 256,
-                 batch_size: int = 8, predictions: bool = False, logits: bool = False, path=None,
+                 batch_size: int = 8, predictions: bool = False, logits: bool = False, scores: bool = False,
+                 path=None,
                  meta: dict | None = None, progress: bool = True, desc: str = "trace", batches=None,
                  append: bool = False, retain: bool | None = None, flush_tokens: int = 65536):
     """Trace documents window by window; returns the RoutingTrace (read back from `path` when streaming).
@@ -93,6 +94,7 @@ def trace_corpus(model, tok, docs: dict[str, list[str]] | list[tuple[str, int, s
     docs         {domain: [text, ...]} or (domain, document id, text) triples
     predictions  also run the LM head and attach `predicted_id` (costs the head on every token)
     logits       record full router logits (as `moelab.trace(model, logits=True)`)
+    scores       record the selection scores (as `moelab.trace(model, scores=True)`)
     path         stream Parquet parts into this folder (bounded memory); `append` adds to an existing one;
                  `retain=False` skips reading the folder back
     batches      the list of window batches to run (default: all, from `docs`); `moelab trace` passes
@@ -111,7 +113,7 @@ def trace_corpus(model, tok, docs: dict[str, list[str]] | list[tuple[str, int, s
     stack = _decoder_stack(model)
     preds = []
     meta = {"seq_len": seq_len, "batch_size": batch_size, **(meta or {})}
-    with trace(model, logits=logits, path=path, meta=meta, append=append, retain=retain,
+    with trace(model, logits=logits, scores=scores, path=path, meta=meta, append=append, retain=retain,
                flush_tokens=flush_tokens) as tr, torch.no_grad():
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
             ids, mask, tags = pad_right(batch, pad)

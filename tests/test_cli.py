@@ -44,6 +44,15 @@ def test_trace_corpus_writes_tagged_windows(model_dir, tmp_path):
     assert first.token_id.tolist() == ids[:64]
 
 
+def test_trace_scores_flag_records_the_scores_whose_top_k_are_the_experts(model_dir, tmp_path):
+    _cli("trace", "--model", str(model_dir), "--dtype", "float32", "--device", "cpu", "--text", "one two three four",
+         "--seq-len", "64", "--scores", "--out", str(tmp_path / "out"))
+    t = moelab.load_trace(tmp_path / "out")
+    assert t.scores is not None and t.scores.shape == (t.num_tokens, t.num_layers, t.num_experts)
+    top = np.sort(np.argsort(-t.scores, axis=-1)[..., : t.top_k], axis=-1)
+    assert np.array_equal(top, np.sort(t.experts.astype(np.int64), axis=-1))
+
+
 def test_two_process_run_writes_one_shard_each_and_loads_as_the_union(model_dir, tmp_path):
     common = ["--model", str(model_dir), "--dtype", "float32", "--device", "cpu", "--corpus", "heldout",
               "--domains", "math", "--max-docs", "3", "--seq-len", "32", "--batch-size", "2"]
