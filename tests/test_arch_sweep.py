@@ -42,7 +42,8 @@ def test_recorded_experts_and_weights_equal_what_the_experts_module_received(mod
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["jamba", "granitemoehybrid", "qwen3_next"])
+@pytest.mark.parametrize("model_type", ["jamba", "granitemoehybrid", "qwen3_next", "bailing_hybrid", "kimi_linear",
+                                        "qwen3_5_moe_text", "qwen4_exp_text", "deepseek_v32", "dots3_note_text"])
 def test_hybrid_models_are_traced_on_their_moe_layers_with_the_models_own_layer_ids(model_type):
     _available(model_type)
     model = build_tiny(model_type)
@@ -51,6 +52,31 @@ def test_hybrid_models_are_traced_on_their_moe_layers_with_the_models_own_layer_
     with moelab.trace(model) as tr, torch.no_grad():
         model(torch.randint(3, 100, (1, 5)))
     assert tr.layer_ids.tolist() == own and 0 < len(own)
+
+
+def test_hash_routed_layers_record_the_experts_the_token_id_table_chose():
+    """DeepSeek-V4's first layers pick experts by a frozen token-id table: the record is that table's lookup."""
+    _available("deepseek_v4")
+    model = build_tiny("deepseek_v4")
+    gate = model.model.layers[0].mlp.gate
+    assert type(gate).__name__ == "DeepseekV4HashRouter" and find_routers(model)[0].module is gate
+    table = torch.stack([torch.randperm(gate.num_experts, generator=torch.Generator().manual_seed(v))[:gate.top_k]
+                         for v in range(gate.tid2eid.shape[0])])       # distinct experts per token id
+    gate.tid2eid.copy_(table)
+    ids = torch.randint(3, 100, (2, 5), generator=torch.Generator().manual_seed(2))
+    with moelab.trace(model) as tr, torch.no_grad():
+        model(ids)
+    np.testing.assert_array_equal(tr.experts[:, 0], table[ids.reshape(-1)].numpy())
+
+
+def test_a_model_type_that_reuses_another_families_router_gets_its_own_adapter():
+    """sarvam_mla builds DeepSeek-V3's modules; the model type, not the first class match, names the adapter."""
+    from moelab.arch import adapter_for
+
+    _available("sarvam_mla")
+    model = build_tiny("sarvam_mla")
+    assert type(model).__name__ == "DeepseekV3ForCausalLM"
+    assert adapter_for(model).name == "sarvam_mla" and adapter_for(build_tiny("deepseek_v3")).name == "deepseek_v3"
 
 
 def test_the_record_follows_the_experts_when_the_routers_return_is_edited_on_the_way(ids):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .base import _LAYER_RE
 from .registry import ADAPTERS, UNSUPPORTED
 from .tiny import is_moe_config, tiny_config
 
@@ -77,7 +78,7 @@ def _experts_inputs_hook(model):
 
     got, handles = {}, []
     for path, m in model.named_modules():
-        if path.endswith(".experts") and "layers." in path:
+        if path.endswith(".experts") and _LAYER_RE.search("." + path):
             def pre(mod, args, kwargs, path=path):
                 got[layer_of(path)] = (tuple(a.clone() if torch.is_tensor(a) else a for a in args),
                                        {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}, mod)
@@ -96,7 +97,7 @@ def _parity(model, adapter, ids) -> list[str]:
     got, handles = _experts_inputs_hook(model)
     blocks = {}  # each sparse block's input, to read Llama 4's weights off the experts' scaled input
     for path, m in model.named_modules():
-        if path.endswith(".experts") and "layers." in path:
+        if path.endswith(".experts") and _LAYER_RE.search("." + path):
             block = model.get_submodule(path.rpartition(".")[0])
             handles.append(block.register_forward_pre_hook(
                 lambda mod, args, layer=layer_of(path): blocks.__setitem__(

@@ -33,10 +33,12 @@ def model_config(model: nn.Module):
 def adapter_for(model: nn.Module) -> Adapter:
     """The adapter whose router classes occur in `model`; a clear error naming what was looked for otherwise."""
     classes = {type(m).__name__ for m in model.modules()}
-    for a in ADAPTERS:
-        if classes.intersection(a.router_classes):
-            return a
+    found = [a for a in ADAPTERS if classes.intersection(a.router_classes)]
     config = getattr(model, "config", None)
+    if found:  # router classes some model types share (sarvam_mla builds DeepSeek-V3's): the model type decides
+        kinds = {getattr(config, "model_type", None),
+                 getattr(getattr(config, "get_text_config", lambda: None)(), "model_type", None)}
+        return next((a for a in found if kinds.intersection(a.model_types)), found[0])
     kind = getattr(config, "model_type", None) or type(model).__name__
     why = UNSUPPORTED.get(kind)
     if why:

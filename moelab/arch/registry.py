@@ -83,44 +83,48 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("solar_open", ("solar_open",), ("SolarOpenTopkRouter",), "n_routed_experts", **_DS),
     A("lfm2_moe", ("lfm2_moe",), ("Lfm2MoeTopKRouter",), "num_experts", scoring="sigmoid",
       renormalised="norm_topk_prob", scaling_attr="routed_scaling_factor"),
+    # DBRX: the router returns only the logits; the block does softmax -> top-k -> p-norm (p = 1 by default)
+    A("dbrx", ("dbrx",), ("DbrxRouter",), "moe_num_experts", top_k_attr="moe_top_k",
+      renormalised="moe_normalize_expert_weights"),
+    # DeepSeek-V3 routing (sigmoid, selection bias, groups, routed scaling) under other attention / layer stacks
+    A("axk1", ("axk1",), ("AXK1TopkRouter",), "n_routed_experts", **_DS),
+    A("axk2", ("axk2",), ("AXK2TopkRouter",), "n_routed_experts", **_DS),
+    A("deepseek_v32", ("deepseek_v32",), ("DeepseekV32TopkRouter",), "n_routed_experts", **_DS),
+    A("glm_moe_dsa", ("glm_moe_dsa",), ("GlmMoeDsaTopkRouter",), "n_routed_experts", **_DS),
+    A("sarvam_mla", ("sarvam_mla",), ("DeepseekV3TopkRouter",), "n_routed_experts", **_DS),
+    A("hy_v4", ("hy_v4",), ("HYV4TopkRouter",), "n_routed_experts", **_DS),
+    A("bailing_hybrid", ("bailing_hybrid",), ("BailingHybridTopkRouter",), "num_experts", **_DS),
+    A("kimi_linear", ("kimi_linear",), ("KimiLinearTopkRouter",), "num_experts", **_DS),
+    A("dots3_note", ("dots3_note_text", "dots3_note"), ("Dots3NoteTextTopkRouter",), "n_routed_experts", **_DS),
+    # Inkling: sigmoid logits of the k chosen and the shared experts, normalised together (so the routed
+    # weights sum to less than 1), times route_scale and a learned global scale
+    A("inkling", ("inkling_text",), ("InklingTopkRouter",), "n_routed_experts", scoring="sigmoid",
+      renormalised=False, selection_bias=True, shared_attr="n_shared_experts", scaling_attr="route_scale"),
+    A("inkling2", ("inkling2_text",), ("Inkling2TopKRouter",), "n_routed_experts", scoring="config-dependent",
+      selection_bias=True, scaling_attr="routed_scaling_factor"),
+    A("qwen3_5_moe", ("qwen3_5_moe_text", "qwen3_5_moe"), ("Qwen3_5MoeTopKRouter",), "num_experts",
+      shared_attr="shared_expert_intermediate_size", shared_is_width=True),
+    A("qwen4_exp", ("qwen4_exp_text", "qwen4_exp"), ("Qwen4ExpTextTopKRouter",), "num_experts",
+      renormalised="norm_topk_prob", shared_attr="shared_expert_intermediate_size", shared_is_width=True),
+    # DeepSeek-V4: its first layers (mlp_layer_types "hash_moe") choose experts by a frozen token-id table
+    # (tid2eid) and weight them by the gate's scores; the experts receive (index, weights) on every layer
+    A("deepseek_v4", ("deepseek_v4",), ("DeepseekV4TopKRouter", "DeepseekV4HashRouter"), "n_routed_experts",
+      scoring="config-dependent", selection_bias=True, shared_attr=1, scaling_attr="routed_scaling_factor"),
 )
 
 # model types with MoE layers that moelab does not trace, and why (the sweep and docs/capabilities.md read this)
 UNSUPPORTED: dict[str, str] = {
     "jetmoe": "mixture-of-attention experts (JetMoeMoA) take sorted token batches, not (index, weights)",
     "longcat_flash": "zero-computation experts: ids past the routed experts are identity maps, not experts",
-    "deepseek_v4": "hash routing (DeepseekV4HashRouter) chooses experts from token ids, not from scores",
     "nllb_moe": "encoder-decoder (translation), not a decoder-only causal LM",
     "switch_transformers": "encoder-decoder (T5 family), not a decoder-only causal LM",
-    "dbrx": "its router returns logits only and the tiny config keeps full-size sub-config widths "
-            "(ffn_config); no adapter yet: not verified by the sweep",
-    "axk1": "DeepSeek-style MLA model; no adapter yet: not verified by the sweep",
-    "axk2": "DeepSeek-style MLA model; no adapter yet: not verified by the sweep",
-    "deepseek_v32": "DeepSeek-V3.2 sparse attention (DSA) with an indexer; no adapter yet: not verified by the sweep",
-    "glm_moe_dsa": "GLM MoE with DeepSeek sparse attention; no adapter yet: not verified by the sweep",
-    "sarvam_mla": "MLA variant; no adapter yet: not verified by the sweep",
-    "bailing_hybrid": ("hybrid linear-attention MoE; its tiny config does not build offline from defaults; no "
-                       "adapter yet: not verified by the sweep"),
-    "dots3_note": "multimodal wrapper (vision + text); no adapter yet: not verified by the sweep",
-    "dots3_note_text": ("its tiny config does not build offline from defaults; no adapter yet: not verified by "
-                        "the sweep"),
-    "hy_v4": "its tiny config does not build offline from defaults; no adapter yet: not verified by the sweep",
-    "kimi_linear": ("hybrid linear-attention MoE; its tiny config does not build offline from defaults; no "
-                    "adapter yet: not verified by the sweep"),
     "doge": "cross-domain MoE retrieves experts by product keys: no (router, experts) pair to hook",
-    "inkling_text": ("its default config stays above 3M parameters after shrinking; no adapter yet: not "
-                     "verified by the sweep"),
-    "inkling2_text": ("its default config stays above 3M parameters after shrinking; no adapter yet: not "
-                      "verified by the sweep"),
-    "inkling2_loop_text": ("looped layers reuse one MoE block per step (layer ids are not unique); no adapter "
-                           "yet: not verified by the sweep"),
-    "qwen3_5_moe": "multimodal wrapper of qwen3_5_moe_text; no adapter yet: not verified by the sweep",
-    "qwen3_5_moe_text": ("hybrid linear-attention MoE; its tiny config does not build offline from defaults; no "
-                         "adapter yet: not verified by the sweep"),
-    "qwen4_exp": "multimodal wrapper; no adapter yet: not verified by the sweep",
-    "qwen4_exp_text": ("its tiny config does not build offline from defaults (head dims unset); no adapter yet: "
-                       "not verified by the sweep"),
-    "zaya": "ZayaRouter returns a different structure; no adapter yet: not verified by the sweep",
+    "inkling2_loop_text": ("looped layers: layers loop_layer_index_start..loop_layer_index_end - 1 run "
+                           "loop_num_passes times per forward through the same MoE block, so one layer id routes "
+                           "each token several times; a RoutingTrace holds one choice per (token, layer)"),
+    "zaya": ("a skip expert (router class num_experts, no compute): ZayaRouter takes the top-k over num_experts + 1 "
+             "classes and rewrites a chosen skip to expert 0 with weight 0 before the experts run, so the experts' "
+             "inputs cannot tell a skip from a choice of expert 0, and its logits are (tokens, num_experts + 1)"),
 }
 
 

@@ -7,7 +7,11 @@
 
 `tiny_config(model_type)` starts from the config class's defaults and shrinks every
 size field it knows (`SIZES`), then applies the per-type `OVERRIDES` (hybrid layer
-patterns, groups); `is_moe_config` says whether a config declares routed experts.
+patterns, groups, fields stored under other names; a multimodal wrapper also gets its
+text model type's) and cuts per-layer lists (`layer_types`, `mlp_layer_types`) to the
+shrunk depth. Configs that derive per-layer sub-configs in their constructor (`INIT`)
+are built from the shrunk sizes instead. `is_moe_config` says whether a config declares
+routed experts.
 """
 
 from __future__ import annotations
@@ -41,9 +45,30 @@ OVERRIDES: dict[str, dict] = {
     "deepseek_v2": dict(num_experts_per_tok=2),
     "dots1": dict(n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2),
     "gpt_oss": dict(layer_types=["sliding_attention", "full_attention"] * 2),
-    "dbrx": dict(ffn_config={"ffn_hidden_size": 64, "moe_num_experts": 8, "moe_top_k": 2},
+    "dbrx": dict(ffn_config={"hidden_size": 64, "ffn_hidden_size": 64, "moe_num_experts": 8, "moe_top_k": 2},
                  attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0}),
     "hunyuan_v1_moe": dict(num_shared_expert=1, moe_topk=2, num_experts=8, head_dim=16),
+    # hybrid linear-attention models need one softmax-attention layer (the cache reads its length there);
+    # their MoE fields are stored under other names (num_experts_per_token, num_expert_group)
+    "bailing_hybrid": dict(layer_types=["linear_attention", "full_attention"] * 2, num_experts_per_token=2,
+                           num_expert_group=2, topk_group=1, linear_head_dim=16, qk_head_dim=16),
+    "kimi_linear": dict(layer_types=["linear_attention", "full_attention"] * 2, num_experts_per_token=2,
+                        num_expert_group=1, linear_head_dim=16, qk_head_dim=16),
+    "deepseek_v4": dict(mlp_layer_types=["hash_moe", "moe", "moe", "moe"]),
+    "inkling_text": dict(swa_head_dim=16, sliding_window_size=32, rel_extent=32),
+    "inkling2_text": dict(swa_head_dim=16, sliding_window_size=32, rel_extent=32, unpadded_vocab_size=128),
+    "qwen4_exp_text": dict(indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=8,
+                           indexer_compress_ratio=4, hc_lowrank=16),
+}
+
+
+# per text model type: configs whose __post_init__ derives per-layer sub-configs (per_layer_config) from
+# constructor arguments, so they are built from the shrunk sizes plus these arguments instead of shrunk afterwards
+INIT: dict[str, dict] = {
+    "dots3_note_text": dict(swa_num_attention_heads=4, swa_num_key_value_heads=4, swa_q_lora_rank=16,
+                            swa_kv_lora_rank=16, swa_head_dim=16, swa_qk_nope_head_dim=8, swa_v_head_dim=16,
+                            index_head_dim=16, index_n_heads=2, index_topk=8, shared_experts_intermediate_size=32,
+                            num_key_value_heads=4),
 }
 
 
@@ -60,10 +85,18 @@ def tiny_config(model_type: str):
 
     cfg = AutoConfig.for_model(model_type)
     text = cfg.get_text_config()
-    for name, value in cfg.get_text_config().to_dict().items():
-        if name in SIZES and isinstance(value, int) and not isinstance(value, bool):
-            _set(text, name, SIZES[name])
-    for name, value in OVERRIDES.get(model_type, {}).items():
+    sizes = {name: SIZES[name] for name, value in text.to_dict().items()
+             if name in SIZES and isinstance(value, int) and not isinstance(value, bool)}
+    if text.model_type in INIT:
+        text = type(text)(**{**sizes, **INIT[text.model_type]}, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        if cfg.model_type == text.model_type:
+            return text
+        setattr(cfg, text.base_config_key, text)  # a multimodal wrapper: its text sub-config
+        return cfg
+    for name, value in sizes.items():
+        _set(text, name, value)
+    overrides = {**OVERRIDES.get(text.model_type, {}), **OVERRIDES.get(model_type, {})}  # a wrapper: its text's too
+    for name, value in overrides.items():
         sub = getattr(text, name, None)
         if isinstance(value, dict) and sub is not None and not isinstance(sub, dict):  # a sub-config object
             for k, v in value.items():
@@ -76,6 +109,9 @@ def tiny_config(model_type: str):
     layers = getattr(text, "layer_types", None)
     if isinstance(layers, list) and len(layers) != text.num_hidden_layers:
         _set(text, "layer_types", (layers * text.num_hidden_layers)[: text.num_hidden_layers])
+    mlp = getattr(text, "mlp_layer_types", None)  # still at the default depth: keep layer 0's kind, route the rest
+    if isinstance(mlp, list) and len(mlp) != text.num_hidden_layers and "sparse" in mlp:
+        _set(text, "mlp_layer_types", mlp[:1] + ["sparse"] * (text.num_hidden_layers - 1))
     _set(text, "pad_token_id", 0)
     _set(text, "bos_token_id", 1)
     _set(text, "eos_token_id", 2)
