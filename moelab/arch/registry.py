@@ -122,6 +122,10 @@ UNSUPPORTED: dict[str, str] = {
     "inkling2_loop_text": ("looped layers: layers loop_layer_index_start..loop_layer_index_end - 1 run "
                            "loop_num_passes times per forward through the same MoE block, so one layer id routes "
                            "each token several times; a RoutingTrace holds one choice per (token, layer)"),
+    "gemma4_text": ("its MoE block is optional (enable_moe_block, off in the default config) and Gemma4TextRouter "
+                    "returns softmax probabilities, not logits, where the record reads the logits (its `proj` child "
+                    "computes them); the (index, weights) its experts receive are readable"),
+    "gemma4": "multimodal wrapper of gemma4_text (see there)",
     "zaya": ("a skip expert (router class num_experts, no compute): ZayaRouter takes the top-k over num_experts + 1 "
              "classes and rewrites a chosen skip to expert 0 with weight 0 before the experts run, so the experts' "
              "inputs cannot tell a skip from a choice of expert 0, and its logits are (tokens, num_experts + 1)"),
