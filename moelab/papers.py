@@ -9,8 +9,9 @@
 Each `PaperEntry` holds a value (a number, a table, or a paraphrased statement), its source
 (paper, section, table or figure) and a note on how to read it. A plot of the tiny model puts
 these beside its own numbers so a learner always sees what real Mixtral / OLMoE showed.
-Rules kept here: nothing the paper does not say is attributed to it (paraphrases say so);
-a number that could not be checked against the paper is left out rather than guessed.
+Rules kept here: nothing the paper does not say is attributed to it (quotes are marked as
+such, paraphrases say so); a number that could not be checked against the paper is left out
+rather than guessed. `VERIFIED` records where each number and quote was checked.
 
 Mixtral: Jiang et al. 2024, "Mixtral of Experts", arXiv:2401.04088.
 OLMoE:   Muennighoff et al. 2024, "OLMoE: Open Mixture-of-Experts Language Models", arXiv:2409.02060.
@@ -23,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["PaperEntry", "MIXTRAL", "OLMOE", "mixtral_table5", "cite"]
+__all__ = ["PaperEntry", "MIXTRAL", "OLMOE", "VERIFIED", "mixtral_table5", "olmoe_saturation_reference", "cite"]
 
 _MX = "Mixtral paper (Jiang et al. 2024, arXiv:2401.04088v1)"
 _OL = "OLMoE paper (Muennighoff et al. 2024, arXiv:2409.02060)"
@@ -44,68 +45,152 @@ def _table5() -> dict:
     return dict(TABLE5)
 
 
+# Where the typed-in numbers were checked (issue 17). The session could read public transcriptions
+# of the papers through its search index, not the PDFs; each is named by the index's file id
+# (the index does not return the repository path of these files) or by its web address.
+VERIFIED = {
+    "mixtral_table5": (
+        "All 48 values checked against a full transcription of arXiv:2401.04088v1 (a public GitHub "
+        "Markdown file, 'Mixtral 8x7B · 对照译稿', page 8 of 13, Table 5 with the PDF's header layout; "
+        "search-index file id 70869334435); the first-choice rows of ArXiv, Github and Wikipedia (en) "
+        "also against two partial transcriptions (file ids 60940230680, 58013808762). No difference found."),
+    "mixtral_section5_text": (
+        "§5 text, Figure 7, 8 and Table 5 captions quoted from the same transcription (file id 70869334435); "
+        "the §5 prose also at https://textmodels.tech/routing-analysis-reveals-expert-selection-patterns-in-mixtral"),
+    "olmoe_section5": (
+        "§2 (Equation 1, Table 1) and §5.1-§5.4 (Equations 5-8, Figures 20-23) quoted from three public "
+        "full-text transcriptions of arXiv:2409.02060 that agree word for word on §5.1 (search-index file ids "
+        "54697412003 [the version with Appendix J 'Change log'], 71014424048, 62129693863) and from reading notes "
+        "of v1 with page numbers (file id 2624387043, §5.1 on p. 19)."),
+}
+
+
 MIXTRAL: dict[str, PaperEntry] = {
     "table5": PaperEntry(
         _table5(), f"{_MX}, §5, Table 5",
-        "Percentage of consecutive-token pairs that repeat their expert, on subsets of The Pile, at layers "
-        "0, 15 and 31: 'first' = same first choice, 'any' = the two top-2 sets share an expert. Values in %; "
-        "see `mixtral_table5()`. The transcription is shared with moelab.serving.synthetic.TABLE5."),
-    "table5_layers": PaperEntry((0, 15, 31), f"{_MX}, §5, Table 5 and Figure 7", "the three layers analysed, of 32"),
+        "Table 5: 'Percentage of expert assignment repetitions. We evaluate the proportion of times the same "
+        "expert is assigned to a token i and its following token i+1. We report whether the first chosen expert "
+        "is the same, or whether the same expert is observed as first or second choice in consecutive tokens.' "
+        "On subsets of The Pile, layers 0, 15 and 31: 'first' = same first choice, 'any' = first or second "
+        "choice. Values in %; see `mixtral_table5()`. Shared with moelab.serving.synthetic.TABLE5. "
+        "Verified: " + VERIFIED["mixtral_table5"]),
+    "table5_random": PaperEntry(
+        {"first": 12.5, "any": 46.0}, f"{_MX}, §5, Table 5 caption",
+        "'the expected proportion of repetitions in the case of random assignments is 1/8 = 12.5% for \"First "
+        "choice\" and 1 - 6/8 5/7 ≈ 46% for \"First and second choice\"' (the caption says 'and', the table "
+        "header 'First or second choice'; 1 - C(6,2)/C(8,2) = 46.4 % is the 'or' event). Uniform loads only: "
+        "moelab.metrics.baselines gives the load-aware levels."),
+    "table5_layers": PaperEntry((0, 15, 31), f"{_MX}, §5, Table 5 and Figure 7",
+                                "the three layers analysed, of 32 ('layers 0 and 31 respectively being the first "
+                                "and the last layers of the model')"),
     "locality": PaperEntry(
-        "Consecutive tokens are assigned the same experts more often than random routing would, "
-        "markedly so at layers 15 and 31.", f"{_MX}, §5 and Table 5",
-        "paraphrase; the paper compares with random assignment, not with a load-aware baseline"),
+        "'Repetitions at the first layer are close to random, but are significantly higher at layers 15 and "
+        "31. The high number of repetitions shows that expert choice exhibits high temporal locality at these "
+        "layers.'", f"{_MX}, §5, Table 5 caption",
+        "quoted. §5 adds: 'The proportion of repeated consecutive assignments is significantly higher than "
+        "random for higher layers.' The paper compares with random assignment, not with a load-aware "
+        "baseline; one cell is below its random level (DM Mathematics, layer 31, first or second choice: "
+        "44.5 % < 46 %)."),
     "figure7_domains": PaperEntry(
-        "No obvious pattern of expert assignment by topic: ArXiv, biology (PubMed Abstracts) and "
-        "philosophy (PhilPapers) documents use the experts in very similar proportions.",
-        f"{_MX}, §5, Figure 7", "paraphrase; experts counted as first or second choice, layers 0, 15, 31"),
+        "'Surprisingly, we do not observe obvious patterns in the assignment of experts based on the topic. "
+        "For instance, at all layers, the distribution of expert assignment is very similar for ArXiv papers "
+        "(written in Latex), for biology (PubMed Abstracts), and for Philosophy (PhilPapers) documents.'",
+        f"{_MX}, §5, Figure 7",
+        "quoted. Figure 7 counts experts 'either selected as a first or second choice by the router' and draws "
+        "1/8 as 'the proportion expected with uniform sampling'. The paper says the domains' distributions are "
+        "similar to each other; it does not state that the load is uniform (the bars are read off the figure)."),
     "figure7_dm_math": PaperEntry(
-        "Only DM Mathematics is marginally different, which the authors attribute to its synthetic "
-        "nature and its limited coverage of natural language, notably at the first and last layers.",
-        f"{_MX}, §5, Figure 7", "paraphrase"),
+        "'Only for DM Mathematics we note a marginally different distribution of experts. This divergence is "
+        "likely a consequence of the dataset's synthetic nature and its limited coverage of the natural "
+        "language spectrum, and is particularly noticeable at the first and last layers, where the hidden "
+        "states are very correlated to the input and output embeddings respectively.'",
+        f"{_MX}, §5, Figure 7", "quoted"),
     "figure8_syntax": PaperEntry(
-        "The router shows structured syntactic behaviour: e.g. 'self' in Python and 'Question' in English "
-        "often go to the same expert, and indentation tokens in code tend to share experts.",
-        f"{_MX}, §5, Figure 8", "paraphrase; Figure 8 colours tokens by their first-choice expert"),
+        "'words such as ‘self’ in Python and ‘Question’ in English often get routed through the same expert "
+        "even though they involve multiple tokens. Similarly, in code, the indentation tokens are always "
+        "assigned to the same experts, particularly at the first and last layers where the hidden states are "
+        "more correlated to the input and output of the model.'", f"{_MX}, §5, Figure 8",
+        "quoted. Figure 8 caption: 'Text samples where each token is colored with the first expert choice. The "
+        "selection of experts appears to be more aligned with the syntax rather than the domain, especially at "
+        "the initial and final layers.'"),
     "training_loss": PaperEntry(
         None, f"{_MX}, the whole paper",
         "The paper does not describe Mixtral's training objective: no auxiliary load-balancing loss, "
         "capacity factor or z-loss is stated. Do not attribute one to it."),
     "params": PaperEntry({"total_B": 47, "active_B": 13}, f"{_MX}, abstract",
-                         "rounded; moelab.compute.count_params gives 46.70 B and 12.88 B"),
-    "top_k": PaperEntry({"experts": 8, "top_k": 2}, f"{_MX}, §2", "8 experts per layer, 2 chosen per token"),
+                         "'each token has access to 47B parameters, but only uses 13B active parameters during "
+                         "inference'; rounded: moelab.compute.count_params gives 46.70 B and 12.88 B"),
+    "top_k": PaperEntry({"experts": 8, "top_k": 2}, f"{_MX}, §2.1 and Table 1",
+                        "Table 1: num_experts 8, top_k_experts 2; §2.1: 'we use the same SwiGLU architecture as "
+                        "the expert function E_i(x) and set K = 2'"),
 }
 
 OLMOE: dict[str, PaperEntry] = {
     "architecture": PaperEntry({"experts": 64, "top_k": 8, "total_B": 6.9, "active_B": 1.3}, f"{_OL}, §2 and Table 1",
-                               "64 fine-grained experts per layer, 8 per token, dropless token choice"),
+                               "'we use 1.3B active parameters out of a total of 6.9B, with 8 activated experts out "
+                               "of 64 per layer. We use dropless token choice routing'"),
     "no_renormalisation": PaperEntry(
         "The top-k routing probabilities are used as they come out of the softmax over all experts, "
         "without renormalising them to sum to 1.",
-        "transformers' OLMoE implementation: OlmoeConfig(norm_topk_prob=False) by default",
-        "from the released implementation, not a sentence of the paper"),
+        f"{_OL}, §2, Equation 1; transformers' OlmoeConfig(norm_topk_prob=False)",
+        "paraphrase of §2: 'A softmax is applied to the router outputs to compute routing probabilities for all "
+        "N_E experts. Each selected expert E_i processes the input x, the output of which is then multiplied "
+        "with its respective routing probability.' The released implementation agrees (norm_topk_prob=False)."),
     "aux_losses": PaperEntry(
-        "Trained with a load-balancing loss and a router z-loss (ST-MoE) added to the cross-entropy.",
-        f"{_OL}, pretraining set-up", "paraphrase; the coefficients are given there"),
+        {"load_balancing": 0.01, "router_z_loss": 0.001}, f"{_OL}, §2 and Table 1 (§4.1.6, §4.1.7)",
+        "'We train OLMoE-1B-7B from scratch with two auxiliary losses: load balancing loss and router z-loss'; "
+        "Table 1: load balancing loss 'Used with weight 0.01', router z-loss 'Used with weight 0.001'"),
     "router_saturation": PaperEntry(
-        "Routing saturates early in pretraining: checkpoints taken early already choose most of the "
-        "final model's top-k experts on the same tokens, and saturation keeps rising with training.",
-        f"{_OL}, §5, router saturation figure",
-        "paraphrase; the paper's per-checkpoint percentages are not typed in here (not checked in this "
-        "session). Plot moelab's saturation against the share of training, final checkpoint at 100 %."),
+        "'In Figure 20 we find that after 1% of pretraining (5000 steps or 20B tokens), up to ∼60% of routing "
+        "to the top-8 activated experts has already saturated (right). [...] At 40% of pretraining, "
+        "saturation reaches up to ∼80%. However, which top-1 expert has the highest routing probability "
+        "saturates slower (left). We find that routing in later layers saturates earlier during pretraining. "
+        "Layer 0 is an outlier saturating significantly more slowly than other layers.'",
+        f"{_OL}, §5.1, Figure 20",
+        "quoted. Saturation is Equation 5 (mean |E_t ∩ E_T| / k over tokens; moelab.metrics.router_saturation), "
+        "measured on 'a random 0.5% of the C4 validation data' at 1, 10, 20 and 40 % of pretraining. The "
+        "numbers are 'up to', i.e. the best layer, for k = 8 of 64 experts; no top-1 number is stated in the "
+        "text. `olmoe_saturation_reference()` gives them as plot markers."),
+    "saturation_random": PaperEntry(
+        {"top1": 1.6, "top8": 12.5}, f"{_OL}, §5.1",
+        "'For OLMoE-1B-7B with its 64 experts, random routing equals a saturation of 1/64 = 1.6% for k = 1 and "
+        "8/64 = 12.5% for k = 8.' (uniform loads; moelab.metrics.baselines.saturation_chance keeps the loads)"),
     "coactivation": PaperEntry(
-        "Little co-activation between experts: few pairs of experts are used together much more often "
-        "than others, i.e. the experts are not redundant.", f"{_OL}, §5, expert co-activation figure",
-        "paraphrase; P(j | i) among tokens routed to i"),
+        "'In Figure 21, we find that there is no strong co-activation among experts in one layer, with only few "
+        "exceptions. This may indicate that there is little redundancy across different experts.'",
+        f"{_OL}, §5.2, Figure 21",
+        "quoted; co-activation is Equation 6, N(E_i, E_j) / N(E_i) = P(j | i) among tokens routed to i"),
     "domain_specialization": PaperEntry(
-        "Strong domain specialization for domains unlike the bulk of the pretraining data (arXiv, "
-        "GitHub), weak for general web text; much weaker specialization in Mixtral-8x7B.",
-        f"{_OL}, §5, domain specialization figure", "paraphrase"),
+        "'In Figure 22 (top) we find many examples of experts that are activated significantly above or below "
+        "random chance for specific domains. E.g., for arXiv, which has a very specific distribution with lots "
+        "of scientific text, the first expert in layer 0 is nearly 100% specialized. [...] For generic "
+        "domains, such as C4 [...] expert activations in OLMoE-1B-7B are much more balanced. [...] "
+        "Mixtral-8x7B [...] exhibits little domain specialization across both unique and generic domains.'",
+        f"{_OL}, §5.3, Figure 22",
+        "quoted; Equation 7 with k = 8 (OLMoE) and k = 2 (Mixtral); the figure's chance lines are 8/64 = 12.5 % "
+        "and 2/8 = 25 % per expert. The paper hypothesises the difference comes from Mixtral being upcycled."),
     "vocabulary_specialization": PaperEntry(
-        "Experts specialise on token ids, for input tokens and for predicted (output) tokens.",
-        f"{_OL}, §5, vocabulary specialization figure",
-        "paraphrase; the chance level of a max share over n occurrences is not 1/E (moelab.metrics.baselines)"),
+        "'In Figure 23 we find that vocabulary specialization is higher in later layers, similar to how later "
+        "layers saturate earlier (§5.1). Later layers also specialize more on predicted output token IDs "
+        "rather than input token IDs'",
+        f"{_OL}, §5.4, Figure 23",
+        "quoted; Equation 8, k = 1 in Figure 23. The chance level of a max share over n occurrences is not 1/E "
+        "(moelab.metrics.baselines.max_share_chance)"),
 }
+
+
+def olmoe_saturation_reference() -> pd.DataFrame:
+    """OLMoE's stated router saturation (§5.1): columns share, value (%), metric, for plot markers.
+
+        >>> olmoe_saturation_reference()[["share", "value", "metric"]].values.tolist()
+        [[0.01, 60.0, 'topk'], [0.4, 80.0, 'topk']]
+
+    Only the two numbers the text states ('up to ∼60%' after 1 % and 'up to ∼80%' at 40 % of
+    pretraining, top-8 of 64 experts, the best layer), not values read off Figure 20.
+    """
+    src = OLMOE["router_saturation"].source
+    return pd.DataFrame({"share": [0.01, 0.40], "value": [60.0, 80.0], "metric": "topk",
+                         "note": "'up to ∼' (best layer), k = 8 of 64", "source": src})
 
 
 def mixtral_table5() -> pd.DataFrame:

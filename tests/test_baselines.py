@@ -163,3 +163,50 @@ def test_max_share_chance_refuses_n_beyond_float_range():
     assert 0.125 < bl.max_share_chance(300, np.full(8, 1 / 8)) < 0.2
     with pytest.raises(ValueError, match="n=601"):
         bl.max_share_chance(601, np.full(8, 1 / 8))
+
+
+# ------------------------------------------------------------ router saturation by chance
+def test_uniform_loads_give_olmoes_random_saturation_1_over_E_and_k_over_E():
+    for E, k in [(8, 1), (8, 2), (64, 8), (5, 3)]:
+        u = np.full(E, 1 / E)
+        assert bl.independent_saturation(u, k=k) == pytest.approx(k / E)
+    assert bl.independent_saturation(np.full(64, 1 / 64), k=1) == pytest.approx(1 / 64)   # OLMoE's 1.6 %
+
+
+def test_saturation_chance_of_one_routing_is_sum_of_squared_loads_per_layer():
+    ex = np.array([[[0, 1], [2, 3]], [[0, 2], [2, 0]], [[1, 0], [2, 1]]])            # (tokens, 2 layers, k=2)
+    c = bl.saturation_chance(trace_of(ex, E=4))
+    p1 = np.array([2, 1, 0, 0]) / 3                                                   # layer 0 first choices
+    pk = np.array([3, 2, 1, 0]) / 6                                                   # layer 0 all assignments
+    assert c.loc[0, "top1"] == pytest.approx((p1 ** 2).sum())
+    assert c.loc[0, "topk"] == pytest.approx(2 * (pk ** 2).sum())
+    assert c.loc[1, "top1"] == pytest.approx(1.0)                                     # always expert 2 first
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_independent_routings_with_uneven_loads_agree_as_often_as_saturation_chance_says(k):
+    rng = np.random.default_rng(k)
+    p = np.array([0.35, 0.25, 0.15, 0.1, 0.05, 0.05, 0.03, 0.02])
+    q = np.array([0.05, 0.1, 0.4, 0.2, 0.1, 0.05, 0.05, 0.05])
+    T = 30_000
+    final = trace_of(plackett_luce(rng, p, T, k)[:, None, :], E=8)
+    same = trace_of(plackett_luce(rng, p, T, k)[:, None, :], E=8)                    # independent, same loads
+    other = trace_of(plackett_luce(rng, q, T, k)[:, None, :], E=8)                   # independent, other loads
+    sat = moelab.metrics.router_saturation({"same": same, "other": other}, final)
+    for name, ckpt in [("same", None), ("other", other)]:
+        chance = bl.saturation_chance(final, ckpt).iloc[0]
+        obs = sat.loc[(name, 0)]
+        for col in ("top1", "topk"):
+            se = np.sqrt(chance[col] * (1 - chance[col]) / T)                           # ≥ the topk sd per token / k
+            assert abs(obs[col] - chance[col]) < 5 * se + 0.005, (name, col, obs[col], chance[col])
+    assert bl.saturation_chance(final).loc[0, "top1"] > 1 / 8 + 0.05                  # uneven loads agree more
+
+
+def test_saturation_chance_rejects_a_checkpoint_of_another_shape_and_loads_that_are_not_distributions():
+    a = trace_of(np.zeros((3, 2, 1), int), E=4)
+    with pytest.raises(ValueError, match="experts and layers"):
+        bl.saturation_chance(a, trace_of(np.zeros((3, 1, 1), int), E=4))
+    with pytest.raises(ValueError, match="probability vector"):
+        bl.independent_saturation([0.5, 0.6])
+    with pytest.raises(ValueError, match="k \\* share"):
+        bl.independent_saturation([0.9, 0.1], k=2)

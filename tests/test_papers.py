@@ -23,3 +23,33 @@ def test_table5_has_the_papers_layers_and_sits_above_random_at_layer_15():
 def test_the_mixtral_paper_is_not_credited_with_a_training_loss():
     e = papers.MIXTRAL["training_loss"]
     assert e.value is None and "does not describe" in e.note
+
+
+def test_table5_random_levels_are_the_uniform_repeat_rates_the_caption_states():
+    e = papers.MIXTRAL["table5_random"].value
+    first_r, any_r = (100 * r for r in random_repeat_rates(8, 2))
+    assert e["first"] == first_r and abs(e["any"] - any_r) < 0.5          # caption rounds 46.4 % to 46 %
+
+
+def test_olmoe_saturation_markers_are_the_numbers_its_quoted_text_states():
+    ref = papers.olmoe_saturation_reference()
+    quote = papers.OLMOE["router_saturation"].value
+    for share, value in zip(ref["share"], ref["value"]):
+        assert f"after 1% of pretraining" in quote if share == 0.01 else f"At {share:.0%} of pretraining" in quote
+        assert f"∼{value:.0f}%" in quote
+    assert set(ref["metric"]) == {"topk"} and "§5.1" in ref["source"].iloc[0]
+
+
+def test_olmoe_random_saturation_is_the_uniform_chance_level():
+    from moelab.metrics.baselines import independent_saturation
+
+    r = papers.OLMOE["saturation_random"].value
+    u = np.full(64, 1 / 64)
+    assert round(100 * independent_saturation(u, k=1), 1) == r["top1"]
+    assert 100 * independent_saturation(u, k=8) == r["top8"]
+
+
+def test_every_typed_in_table_says_where_it_was_verified():
+    assert "Verified:" in papers.MIXTRAL["table5"].note
+    for key, text in papers.VERIFIED.items():
+        assert "file id" in text or "https://" in text, key

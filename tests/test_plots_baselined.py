@@ -77,3 +77,20 @@ def test_distribution_marks_the_overall_load_of_every_expert():
     ax = distribution_vs_overall(dist, overall).axes[0]
     marks = [c for c in ax.collections if c.get_label() == "all tokens (load)"]
     assert len(marks) == 1 and sorted(seg[0][1] for seg in marks[0].get_segments()) == [0.3, 0.7]
+
+
+def test_saturation_draws_each_layers_chance_level_in_its_colour_and_names_it():
+    idx = pd.MultiIndex.from_product([[10, 50], [0, 1]], names=["checkpoint", "layer"])
+    sat = pd.DataFrame({"top1": [0.2, 0.3, 0.6, 0.7], "topk": [0.3, 0.4, 0.7, 0.8], "k": 2}, index=idx)
+    chance = pd.DataFrame({"top1": [0.125, 0.5], "topk": [0.25, 0.6], "k": 2}, index=pd.Index([0, 1], name="layer"))
+    fig = saturation_vs_training(sat, {10: 0.1, 50: 0.5}, chance=chance, caption="source: test")
+    for ax, col in zip(fig.axes[:2], ["top1", "topk"]):
+        lines = ax.get_lines()
+        for layer in (0, 1):
+            curve = next(l for l in lines if l.get_label() == f"layer {layer}")
+            dashed = [l for l in lines if l.get_linestyle() == "--" and l.get_color() == curve.get_color()
+                      and len(l.get_ydata()) == 2]
+            assert [d.get_ydata()[0] for d in dashed] == [pytest.approx(100 * chance.loc[layer, col])]
+    assert "chance (independent routing, same loads)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    with pytest.raises(ValueError, match="saturation_chance"):
+        saturation_vs_training(sat, {10: 0.1, 50: 0.5}, chance=chance.drop(columns="topk"))

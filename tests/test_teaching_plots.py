@@ -46,3 +46,17 @@ def test_toy_heatmaps_one_panel_per_mode_and_layer():
     fig = teaching.toy_load_heatmaps(runs)
     assert len([a for a in fig.axes if a.images]) == 3 * 2
     np.testing.assert_allclose(fig.axes[0].images[0].get_array(), runs["none"].loads[:, 0, :].T)
+
+
+def test_balance_compare_keeps_its_legend_off_the_cv_lines():
+    from moelab.plots.balance_compare import balance_compare
+
+    rng = np.random.default_rng(0)
+    flat = pd.DataFrame(rng.dirichlet(np.full(8, 40), 4), index=pd.Index(range(4), name="layer"))
+    skew = pd.DataFrame(rng.dirichlet(np.full(8, 0.6), 4), index=pd.Index(range(4), name="layer"))
+    fig = balance_compare({"per-layer": flat, "pooled": skew}, perplexity={"per-layer": 97.3, "pooled": 99.5})
+    fig.draw_without_rendering()
+    cv_ax = next(ax for ax in fig.axes if ax.get_title() == "per-layer imbalance")
+    legend = cv_ax.get_legend().get_window_extent()
+    assert not legend.overlaps(cv_ax.get_window_extent())                     # nothing it can cover
+    assert [t.get_text() for t in cv_ax.get_legend().get_texts()][:2] == ["per-layer, ppl 97.3", "pooled, ppl 99.5"]

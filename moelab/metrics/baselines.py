@@ -23,6 +23,9 @@ transition_baseline    layer transitions if layers routed independently: the out
                        the marginals (rows P(j at l+1)); `transition_lift` = observed / that.
 specialization_vs_load OLMoE domain specialization next to the expert's overall load.
 domain_tv              total-variation distance ½ Σ_e |p_D(e) − p_all(e)| per domain and layer.
+saturation_chance      OLMoE §5.1 router saturation of two routings that are independent token by
+                       token but keep the experts' loads: top-1 Σ pᵢqᵢ, top-k Σ πᵢρᵢ / k
+                       (πᵢ = P(expert i in a token's top-k)); uniform loads give 1/E and k/E.
 representative_layers  first, middle and last layer (Mixtral's 0, 15, 31 of 32).
 """
 
@@ -53,6 +56,8 @@ __all__ = [
     "specialization_vs_load",
     "total_variation",
     "domain_tv",
+    "independent_saturation",
+    "saturation_chance",
 ]
 
 
@@ -385,3 +390,66 @@ def domain_tv(trace: RoutingTrace, by: str = "domain", layers=None, *, reference
     out = {(d, l): total_variation(row.to_numpy(), ref.loc[l].to_numpy()) if row.sum() else np.nan
            for (d, l), row in dist.iterrows()}
     return pd.Series(out).rename_axis([by, "layer"]).unstack("layer")
+
+
+# ----------------------------------------------------------------- saturation
+def independent_saturation(p, q=None, k: int = 1) -> float:
+    """Expected router saturation (OLMoE §5.1, Eq. 5) of two routings independent token by token.
+
+        >>> independent_saturation(np.full(8, 1 / 8)), independent_saturation(np.full(8, 1 / 8), k=2)
+        (0.125, 0.25)
+        >>> round(independent_saturation(np.full(64, 1 / 64), k=8), 3)     # OLMoE's "8/64 = 12.5 %"
+        0.125
+
+    `p`, `q`: the experts' shares of the assignments of each routing (each sums to 1, like
+    `expert_load(...)["fraction"]`; `q` defaults to `p`); `k`: experts per token. A token's
+    top-k set contains expert i with probability πᵢ = k·pᵢ, so by linearity
+    E|A ∩ B| / k = Σᵢ πᵢ ρᵢ / k = k Σᵢ pᵢ qᵢ (for k = 1 the familiar Σ pᵢ qᵢ). It depends
+    only on these inclusion probabilities, not on how the rest of the top-k set is drawn.
+    """
+    p = np.asarray(p, float)
+    q = p if q is None else np.asarray(q, float)
+    for name, v in (("p", p), ("q", q)):
+        if v.ndim != 1 or (v < 0).any() or not np.isclose(v.sum(), 1):
+            raise ValueError(f"{name} must be a probability vector (non-negative, summing to 1); got {v!r}")
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have one length (the number of experts); got {len(p)} and {len(q)}")
+    k = int(k)
+    if not 1 <= k <= len(p) or (k * p > 1 + 1e-9).any() or (k * q > 1 + 1e-9).any():
+        raise ValueError(f"k={k}: need 1 <= k <= E={len(p)} and k * share <= 1 for every expert "
+                         "(an expert is at most once in a token's top-k)")
+    return float(k * (p * q).sum())
+
+
+def saturation_chance(final: RoutingTrace, checkpoint: RoutingTrace | None = None, k: int | None = None) -> pd.DataFrame:
+    """Per layer, the router saturation two independent routings with these loads give by chance.
+
+        >>> ex = np.array([[[0, 1]], [[0, 2]], [[0, 3]], [[1, 2]]])   # first 0 0 0 1: Σp² = 0.625
+        >>> saturation_chance(RoutingTrace.from_arrays(ex, num_experts=4)).values.tolist()
+        [[0.625, 0.5625, 2.0]]
+
+    The baseline of `metrics.router_saturation` (columns `top1`, `topk`, `k`, index `layer`):
+    `top1` = Σᵢ pᵢqᵢ over first-choice shares, `topk` = k Σᵢ pᵢqᵢ over the shares of all
+    top-k assignments (`independent_saturation`). p are the final checkpoint's loads; q the
+    checkpoint's, or the final's again when `checkpoint` is None ("same loads"). Uniform loads
+    give 1/E and k/E, OLMoE's "random routing" values (§5.1); an unbalanced router agrees
+    with any other router that shares its busy experts more often than that, by chance alone.
+    """
+    check_trace(final, "saturation_chance")
+    other = final if checkpoint is None else check_trace(checkpoint, "saturation_chance")
+    k = final.top_k if k is None else int(k)
+    if not 1 <= k <= min(final.top_k, other.top_k):
+        raise ValueError(f"k={k} must lie in [1, {min(final.top_k, other.top_k)}] (the traces' top_k)")
+    if other.num_experts != final.num_experts or list(other.layer_ids) != list(final.layer_ids):
+        raise ValueError("saturation_chance: the checkpoint's trace must have the final's experts and layers; "
+                         f"got E={other.num_experts}, layers {list(other.layer_ids)} vs E={final.num_experts}, "
+                         f"layers {list(final.layer_ids)}")
+    zeros_f, zeros_o = np.zeros(final.num_tokens, np.int64), np.zeros(other.num_tokens, np.int64)
+    rows = []
+    for kk, col in ((1, "top1"), (k, "topk")):
+        a = assignment_counts(final, zeros_f, 1, kk)[0].astype(float)            # (L, E)
+        b = assignment_counts(other, zeros_o, 1, kk)[0].astype(float)
+        a, b = a / a.sum(1, keepdims=True), b / b.sum(1, keepdims=True)
+        rows.append([independent_saturation(x, y, kk) for x, y in zip(a, b)])
+    return pd.DataFrame({"top1": rows[0], "topk": rows[1], "k": k},
+                        index=pd.Index(final.layer_ids, name="layer"))

@@ -79,6 +79,7 @@ def balance_compare(models: dict, *, perplexity: dict | None = None, cv_bar: flo
     vmax = max(float(m.to_numpy().max()) for m in loads.values())
     n = len(loads)
     fig = Figure(figsize=(3.6 * n + 3.6, 3.2), layout="constrained")
+    fig.get_layout_engine().set(wspace=0.08)     # room between the colour bar's label and the CV axis label
     axes = fig.subplots(1, n + 1, width_ratios=[1.0] * n + [0.9])
     colors = group_colors(list(loads))
     for ax, (label, load) in zip(axes[:-1], loads.items()):
@@ -106,7 +107,8 @@ def balance_compare(models: dict, *, perplexity: dict | None = None, cv_bar: flo
     ax.set_xlabel("layer")
     ax.set_ylabel("CV of the layer's load (0 = balanced)")
     ax.set_ylim(bottom=0)
-    ax.legend()
+    # below the panel, not over it: a collapsed layer's CV can sit anywhere on the axis
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=7, frameon=False)
     ax.set_title("per-layer imbalance")
     if title:
         fig.suptitle(title)

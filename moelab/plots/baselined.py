@@ -22,7 +22,8 @@ specialization_scatter     OLMoE domain specialization of every (domain, expert)
                            expert's overall load: on the diagonal = routed like every other domain.
 vocab_vs_chance            OLMoE's vocabulary scalar per layer next to its exact chance level.
 saturation_vs_training     router saturation against the share of training (the final checkpoint
-                           at 100 %), with reference points (e.g. OLMoE's reported values).
+                           at 100 %), each layer's chance level from its loads (dashed), and
+                           reference points (e.g. OLMoE's reported values, moelab.papers).
 """
 
 from __future__ import annotations
@@ -204,16 +205,23 @@ def vocab_vs_chance(scalar: pd.DataFrame, chance: pd.DataFrame, *, title: str | 
 
 @styled
 def saturation_vs_training(sat: pd.DataFrame, share: dict, *, reference: pd.DataFrame | None = None,
-                           reference_label: str = "reported", title: str | None = None) -> Figure:
+                           reference_label: str = "reported", chance: pd.DataFrame | None = None,
+                           caption: str | None = None, title: str | None = None) -> Figure:
     """Router saturation (%) against the share of training, one line per layer, the final checkpoint
     drawn at 100 %; two panels (top-1, top-k).
 
     sat        `metrics.router_saturation(...)` frame, index (checkpoint, layer), columns top1, topk
     share      {checkpoint: share of training in [0, 1]} for every checkpoint in `sat`
     reference  optional frame with columns share, value (%) and metric ("top1" or "topk"),
-               drawn as black markers (e.g. OLMoE's reported saturation)
+               drawn as black markers (e.g. `moelab.papers.olmoe_saturation_reference()`)
+    chance     optional `metrics.baselines.saturation_chance(final)` frame (index layer, columns
+               top1, topk as fractions): each layer's chance level, a dashed line in its colour,
+               labelled "chance (independent routing, same loads)"
+    caption    optional text under the panels (e.g. where the reference comes from)
     """
     _need(sat, ["checkpoint", "layer", "top1", "topk"], "saturation_vs_training", "metrics.router_saturation(...)")
+    if chance is not None:
+        _need(chance, ["layer", "top1", "topk"], "saturation_vs_training", "metrics.baselines.saturation_chance(final)")
     steps = list(dict.fromkeys(sat.index.get_level_values("checkpoint")))
     missing = [s for s in steps if s not in share]
     if missing:
@@ -229,7 +237,12 @@ def saturation_vs_training(sat: pd.DataFrame, share: dict, *, reference: pd.Data
     for ax, col, name in zip(axes, ["top1", "topk"], ["top-1", f"top-{k}" if k else "top-k"]):
         for i, layer in enumerate(layers):
             y = list(sat.xs(layer, level="layer").reindex(steps)[col] * 100) + [100.0]
-            ax.plot(x, y, marker="o", ms=3, color=cmap(i / max(len(layers) - 1, 1)), label=f"layer {layer}")
+            color = cmap(i / max(len(layers) - 1, 1))
+            ax.plot(x, y, marker="o", ms=3, color=color, label=f"layer {layer}")
+            if chance is not None and layer in chance.index:
+                ax.axhline(100 * float(chance.loc[layer, col]), color=color, ls="--", lw=1)
+        if chance is not None:
+            ax.plot([], [], color="0.4", ls="--", lw=1, label="chance (independent routing, same loads)")
         if reference is not None and len(reference):
             r = reference[reference["metric"] == col]
             if len(r):
@@ -245,6 +258,10 @@ def saturation_vs_training(sat: pd.DataFrame, share: dict, *, reference: pd.Data
             if lab not in labels:
                 handles.append(h), labels.append(lab)
     fig.legend(handles, labels, loc="outside right center", fontsize=7)
+    if caption:
+        import textwrap
+
+        fig.supxlabel(textwrap.fill(caption, 150), fontsize=7, ha="center")
     if title:
         fig.suptitle(title)
     return fig
