@@ -118,8 +118,10 @@ tr.token_frame().groupby("domain").agg(documents=("document", "nunique"), window
 # choice the same (`first`), and do the two top-2 sets share an expert (`any`, the paper's
 # "first or second choice")? With uniformly random routing these are 1/8 = 12.5 % and
 # 1 − C(6,2)/C(8,2) ≈ 46.4 %. The paper (Table 5) reports 13.6–14.9 % (first choice) at
-# layer 0 and 23.6–28.4 % at layer 15 on its Pile subsets: near random at the first layer,
-# well above it at layers 15 and 31 (§5): routing has temporal locality.
+# layer 0, 23.6–28.4 % at layer 15 and 19.7–26.3 % at layer 31 on its Pile subsets; its
+# caption: "Repetitions at the first layer are close to random, but are significantly higher
+# at layers 15 and 31. The high number of repetitions shows that expert choice exhibits high
+# temporal locality at these layers."
 #
 # **Uniform random routing is the right baseline only for a balanced router.** A router that
 # sends most tokens to a few experts repeats them often *by chance*: if consecutive tokens
@@ -146,10 +148,13 @@ table5.style.format("{:.1f}").background_gradient(cmap="cividis", axis=None)
 
 # %% [markdown]
 # The paper's own numbers at its layers 0, 15 and 31 of 32 (`moelab.papers`, typed in with
-# their source):
+# their source and where they were checked):
 
 # %%
+from moelab.papers import VERIFIED
+
 print(MIXTRAL["table5"].source)
+print("verified:", VERIFIED["mixtral_table5"])
 paper5 = mixtral_table5()
 paper5.loc["uniform random routing"] = [12.5] * 3 + [46.4] * 3
 paper5
@@ -179,7 +184,9 @@ pd.DataFrame({"mean excess over shuffled (points)": mean_excess,
 # %% [markdown]
 # The second column is how far each domain's loads alone lift the shuffled rate above 12.5 %;
 # the first is what context adds on top. The second column is near 0 only when every domain
-# uses its experts evenly, which is what Mixtral's Figure 7 shows on The Pile. A model that is
+# uses its experts evenly. (Mixtral's Figure 7 draws each Pile domain's shares beside the
+# uniform 1/8 line; the paper states that the domains' distributions are very similar to
+# each other, not that they are uniform.) A model that is
 # balanced over all tokens can still have domains that each favour a few experts (section 3):
 # then uniform random routing overstates its locality, and the shuffled baseline does not.
 #
@@ -292,17 +299,19 @@ for domain, name in [("code", "code"), ("fiction", "prose")]:
 #
 # * **32 layers, hidden size 4096, 14336-wide experts** instead of 4 × 128 × 256: the first /
 #   middle / last layers become 0, 15, 31 — exactly the paper's — and locality can build up
-#   over many more layers. The paper's Table 5 values (first choice ≈ 14–28 %, either choice
-#   ≈ 46–63 %) are the reference to compare with.
+#   over many more layers. The paper's Table 5 values (first choice 13.6–28.4 %, first or
+#   second choice 44.5–67.0 %) are the reference to compare with.
 # * **Its training data** (undisclosed web-scale text, multilingual) instead of moelab's 2.9 M
 #   tokens of 12 domains. Our tiny model was trained with domains sampled uniformly, so each
 #   domain is a large share of its world; the paper's finding of *weak* domain specialisation
 #   may or may not hold on such a small model — compare Figure 7 here with the paper's.
-# * **Balance.** Mixtral's Figure 7 shows every layer using its experts nearly uniformly; the
-#   reading of this model's layers (notebook 02's `balance_reading`) is printed below. Where a
-#   layer, or a domain within it, uses its experts unevenly, uniform random routing is the
-#   wrong baseline, and only the excess over the shuffled baseline (section 2) and over the
-#   overall load (section 3) compares with the paper.
+# * **Balance.** Mixtral's Figure 7 shows, at layers 0, 15 and 31, each domain's expert shares
+#   beside the uniform 1/8 line (the paper comments on the domains' similarity, not on balance;
+#   it does not describe a balance loss either); the reading of this model's layers
+#   (notebook 02's `balance_reading`) is printed below. Where a layer, or a domain within it,
+#   uses its experts unevenly, uniform random routing is the wrong baseline, and only the
+#   excess over the shuffled baseline (section 2) and over the overall load (section 3)
+#   compares with the paper.
 # * **Scale of the trace**: ~47 B parameters need ≈ 94 GB in fp16 (one 141 GB GPU, two 80 GB
 #   GPUs, or offloading with `device_map="auto"`); tracing itself adds < 1 % time. For the full
 #   held-out corpus use the CLI, which streams to disk:
