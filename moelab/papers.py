@@ -169,6 +169,13 @@ OLMOE: dict[str, PaperEntry] = {
         f"{_OL}, §5.3, Figure 22",
         "quoted; Equation 7 with k = 8 (OLMoE) and k = 2 (Mixtral); the figure's chance lines are 8/64 = 12.5 % "
         "and 2/8 = 25 % per expert. The paper hypothesises the difference comes from Mixtral being upcycled."),
+    "mixtral_near_uniform": PaperEntry(
+        "'Mixtral-8x7B [...] exhibits little domain specialization across both unique and generic domains. "
+        "Experts are activated close to the uniform routing baseline for all layers and domains.'",
+        f"{_OL}, §5.3, Figure 22 (bottom)",
+        "quoted: OLMoE's measurement of Mixtral-8x7B (k = 2, uniform baseline 2/8 = 25 % per expert). This, not "
+        "the Mixtral paper's text, is the published statement that Mixtral's routing is near-uniform; Mixtral's "
+        "own Figure 7 draws the shares beside 1/8 and its §5 comments only on their similarity across domains."),
     "vocabulary_specialization": PaperEntry(
         "'In Figure 23 we find that vocabulary specialization is higher in later layers, similar to how later "
         "layers saturate earlier (§5.1). Later layers also specialize more on predicted output token IDs "

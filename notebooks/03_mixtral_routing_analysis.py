@@ -307,8 +307,10 @@ for domain, name in [("code", "code"), ("fiction", "prose")]:
 #   may or may not hold on such a small model — compare Figure 7 here with the paper's.
 # * **Balance.** Mixtral's Figure 7 shows, at layers 0, 15 and 31, each domain's expert shares
 #   beside the uniform 1/8 line (the paper comments on the domains' similarity, not on balance;
-#   it does not describe a balance loss either); the reading of this model's layers
-#   (notebook 02's `balance_reading`) is printed below. Where a layer, or a domain within it,
+#   it does not describe a balance loss either). The OLMoE paper measured Mixtral-8x7B's experts
+#   "activated close to the uniform routing baseline for all layers and domains" (Muennighoff
+#   et al. 2024, §5.3, Figure 22 bottom; `moelab.papers.OLMOE["mixtral_near_uniform"]`). The
+#   reading of this model's layers (notebook 02's `balance_reading`) is printed below. Where a layer, or a domain within it,
 #   uses its experts unevenly, uniform random routing is the wrong baseline, and only the
 #   excess over the shuffled baseline (section 2) and over the overall load (section 3)
 #   compares with the paper.

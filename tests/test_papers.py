@@ -53,3 +53,9 @@ def test_every_typed_in_table_says_where_it_was_verified():
     assert "Verified:" in papers.MIXTRAL["table5"].note
     for key, text in papers.VERIFIED.items():
         assert "file id" in text or "https://" in text, key
+
+
+def test_near_uniform_mixtral_load_is_credited_to_olmoe_not_to_the_mixtral_paper():
+    assert "uniform routing baseline" in papers.OLMOE["mixtral_near_uniform"].value
+    assert "§5.3" in papers.OLMOE["mixtral_near_uniform"].source
+    assert "does not state that the load is uniform" in papers.MIXTRAL["figure7_domains"].note
