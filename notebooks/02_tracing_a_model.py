@@ -192,8 +192,8 @@ bal[["tokens", "cv", "maxvio", "entropy"]]
 #
 # **What do these numbers mean for this model?** `balance_reading` reads each layer against
 # two thresholds: *balanced* when every expert gets at least 4 % of the layer's assignments
-# and the CV is at most 0.35 (the targets moelab set for a Mixtral-like model; Mixtral's own
-# Figure 7 shows near-uniform expert use per layer), *collapsed* when some expert gets under
+# and the CV is at most 0.35 (the targets moelab set for a Mixtral-like model; OLMoE's paper
+# measured Mixtral-8x7B's expert use as close to uniform in every layer, arXiv:2409.02060 §5.3, Figure 22), *collapsed* when some expert gets under
 # 1 % (it is nearly never trained or used), *uneven* in between. A collapsed layer is not
 # "normal routing": notebooks 03 and 04 measure locality and specialization against
 # baselines that account for the load, and notebook 09 shows how a balance loss that pools

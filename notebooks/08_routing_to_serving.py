@@ -34,8 +34,8 @@
 # **Two routing sources, side by side, labelled everywhere.** (1) *embedded model*: the embedded
 # `moelab-mixtral-tiny` on held-out documents — real learned routing, but 4 layers and a teaching
 # model; (2) *Mixtral-like synthetic*: `mixtral_like_trace`, a 32-layer top-2-of-8 router calibrated
-# to the Mixtral paper's Table 5 repetition rates and Figure 7's uniform load (Jiang et al. 2024,
-# arXiv:2401.04088, §5). The synthetic one is a stand-in, not Mixtral.
+# to the Mixtral paper's Table 5 repetition rates (Jiang et al. 2024, arXiv:2401.04088, §5) with a
+# uniform load (OLMoE's paper measured Mixtral's as close to uniform: arXiv:2409.02060 §5.3, Figure 22). The synthetic one is a stand-in, not Mixtral.
 
 # %% tags=["parameters"]
 # Parameters (papermill style): every value comes from an environment variable, with a default.

@@ -14,8 +14,11 @@ of Jiang et al. 2024, "Mixtral of Experts" (arXiv:2401.04088v1), §5 "Routing an
   and whose top-2 sets share an expert ("First or second choice"), on The Pile's domains, at
   layers 0, 15 and 31. `TABLE5` holds the table; `table5_targets()` averages the domains and
   interpolates linearly over the 32 layers (only layers 0, 15, 31 are published).
-* Figure 7: expert load is close to uniform in every layer and domain. The generator's stationary
-  load is exactly uniform (it is symmetric in the experts); only sampling noise remains.
+* Near-uniform load: OLMoE's paper measured Mixtral-8x7B's experts "activated close to the uniform
+  routing baseline for all layers and domains" (arXiv:2409.02060 §5.3, Figure 22, bottom); the
+  Mixtral paper's Figure 7 draws each domain's shares beside 1/8, and its text says only that the
+  domains are routed alike. The generator's stationary load is exactly uniform (it is symmetric in
+  the experts); only sampling noise remains.
 
 Each sequence is a Markov chain over ordered pairs (first, second) of distinct experts, per layer
 independently; token t draws one of four moves from token t-1's pair (f', s'):
@@ -149,4 +152,4 @@ def mixtral_like_trace(tokens: int = 100_000, layers: int = 32, seq_len: int = 1
     ex = np.stack([state // E, state % E], axis=-1).astype(np.uint8)  # (tokens, layers, 2)
     seq = (np.arange(T) // P).astype(np.int64)
     return RoutingTrace.from_arrays(ex, num_experts=E, sequence=seq, position=np.arange(T) % P,
-                                    meta={"model": "synthetic Mixtral-like router (Table 5 / Figure 7 calibrated)"})
+                                    meta={"model": "synthetic Mixtral-like router (Table 5 calibrated, uniform load)"})
