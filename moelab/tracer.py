@@ -58,7 +58,7 @@ from torch import nn
 from .arch import RecordError, adapter_for, find_routers, model_config
 from .arch.base import experts_arguments
 from .arch.record import experts_inputs, router_logits, router_record
-from .arch.scores import compute_scores, find_selection_bias, selection_rule
+from .arch.scores import SelectionScores
 from .hooks import HookSet
 from .routing_trace import RoutingTrace, _union_columns, expert_dtype
 from .sink import MemorySink, PartsSink, Raw, SinkSpec, Stops
@@ -128,11 +128,9 @@ class Tracer:
         self.top_k = _top_k(self.routers[0], self.adapter, self.config)
         self.logits = bool(logits)
         self.scores = bool(scores)
-        self._rule, self._bias = None, [None] * len(self.routers)
-        if self.scores:                                 # the rule and each router's bias, found before any forward
-            self._rule = selection_rule(self.adapter, self.config)
-            if self._rule.bias:
-                self._bias = [find_selection_bias(model, r, self.num_experts) for r in self.routers]
+        # each router's rule and bias, found before any forward
+        self._scoring = SelectionScores(model, self.adapter, self.config, self.routers, self.num_experts) \
+            if self.scores else None
         self.path = None if path is None else Path(path)
         self._first_part = _check_path(self.path, path, append=append, retain=retain, flush_tokens=flush_tokens)
         self.flush_tokens = int(flush_tokens)
@@ -315,9 +313,8 @@ class Tracer:
         if self.logits:
             parts["logits"] = torch.stack([o[2].to(dev, non_blocking=True) for o in outs]).float()
         if self.scores:
-            parts["scores"] = torch.stack([
-                compute_scores(o[2], self._rule, None if b is None else b.tensor()).to(dev, non_blocking=True)
-                for o, b in zip(outs, self._bias)])
+            parts["scores"] = torch.stack([self._scoring.compute(i, o[2]).to(dev, non_blocking=True)
+                                           for i, o in enumerate(outs)])
         mask = fwd["mask"]
         if mask is not None:
             # positions count real tokens only: unpadded tokens before + running count now (on the device)
@@ -420,14 +417,7 @@ class Tracer:
         if self._meta_cache is None:
             self._meta_cache = _build_meta(self)
             if self.scores:   # what the recorded scores are, and how the experts are chosen from them
-                rule, bias = self._rule, self._bias[0]
-                self._meta_cache.update(
-                    scores=rule.formula(bias.name if bias is not None else "bias"),
-                    scores_selection=rule.selection(self.top_k),
-                    scores_group_limit=None if rule.groups is None else
-                    {"groups": rule.groups[0], "kept": rule.groups[1], "group_score": rule.group_score},
-                    scores_bias=bias.path if bias is not None else None,
-                    scores_note=rule.note or None)
+                self._meta_cache.update(self._scoring.meta(self.top_k))
         return dict(self._meta_cache)
 
 

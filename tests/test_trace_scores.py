@@ -3,7 +3,9 @@
 Ground truth is the model itself: the experts its experts module received (the canonical
 record) must be the top-k of the recorded scores, group limit applied, on every traced
 architecture, with router weights and selection biases randomised so that the bias
-changes choices and no two scores tie.
+changes choices and no two scores tie. Layers that route by token id (DeepSeek-V4's hash
+layers) are held to what they do instead: experts = tid2eid[token_id], weighted by the
+recorded scores.
 """
 
 import numpy as np
@@ -21,7 +23,9 @@ FAST = ["mixtral", "deepseek_v3", "gpt_oss", "llama4_text", "ernie4_5_moe", "afm
 # model types whose router adds a per-expert bias to the scores for selection only (read off the modeling files)
 BIASED = {"deepseek_v3", "glm4_moe", "sarvam_moe", "dots1", "beam", "exaone_moe", "glm4_moe_lite", "mimo_v2_flash",
           "nemotron_h", "solar_open", "hy_v3", "kolibri1", "laguna", "minimax_m2", "minimax_m3_vl_text",
-          "ernie4_5_moe", "afmoe", "lfm2_moe"}
+          "ernie4_5_moe", "afmoe", "lfm2_moe",
+          "axk1", "axk2", "deepseek_v32", "glm_moe_dsa", "sarvam_mla", "hy_v4", "bailing_hybrid", "kimi_linear",
+          "dots3_note_text", "dots3_note", "inkling_text", "inkling2_text", "deepseek_v4"}
 IDS = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(1))
 
 
@@ -70,6 +74,9 @@ def _randomised(model_type, seed=0, **config):
         for name, t in _block_biases(model, r, E).items():
             t.copy_((torch.randn(t.shape, generator=g) * 0.1).to(t.dtype))
             biases.setdefault(r.layer, []).append(t.detach().reshape(-1).float().clone().numpy())
+        table = r.module._buffers.get("tid2eid")          # DeepSeek-V4 hash layer: k distinct experts per token id
+        if table is not None:
+            table.copy_(torch.stack([torch.randperm(E, generator=g)[:table.shape[1]] for _ in range(len(table))]))
     return model, biases
 
 
@@ -79,20 +86,31 @@ def _trace(model, **kw):
     return tr, out
 
 
+def _masked(scores, limit):
+    """What the top-k runs on: scores outside the kept groups set to -inf (or to limit["masked_score"])."""
+    if not limit:
+        return scores
+    T, L, E = scores.shape
+    n, kept = limit["groups"], limit["kept"]
+    g = np.sort(scores.reshape(T, L, n, E // n), axis=-1)[..., ::-1]
+    gscore = g[..., :2].sum(-1) if limit["group_score"] == "top2_sum" else g[..., 0]     # (T, L, n)
+    rank = np.argsort(np.argsort(-gscore, axis=-1), axis=-1)
+    allowed = np.repeat(rank < kept, E // n, axis=-1)
+    return np.where(allowed, scores, limit.get("masked_score", -np.inf))
+
+
 def _reference_choice(scores, k, limit):
     """Brute force: (tokens, layers, E) scores -> chosen sets, and the gap between the k-th and (k+1)-th allowed."""
-    T, L, E = scores.shape
-    allowed = np.ones_like(scores, bool)
-    if limit:
-        n, kept = limit["groups"], limit["kept"]
-        g = np.sort(scores.reshape(T, L, n, E // n), axis=-1)[..., ::-1]
-        gscore = g[..., :2].sum(-1) if limit["group_score"] == "top2_sum" else g[..., 0]     # (T, L, n)
-        rank = np.argsort(np.argsort(-gscore, axis=-1), axis=-1)
-        allowed = np.repeat(rank < kept, E // n, axis=-1)
-    masked = np.where(allowed, scores, -np.inf)
+    masked = _masked(scores, limit)
     order = np.argsort(-masked, axis=-1)
     top = np.take_along_axis(masked, order, -1)
     return np.sort(order[..., :k], -1), top[..., k - 1] - top[..., k]
+
+
+def _by_score(tr):
+    """Layer positions whose experts are chosen by score (not looked up by token id), as a boolean mask."""
+    routed = tr.meta["scores_token_routed"]
+    return ~np.isin(tr.layer_ids, routed["layers"] if routed else [])
 
 
 @pytest.mark.parametrize("model_type", [pytest.param(mt, marks=() if mt in FAST else pytest.mark.slow)
@@ -104,23 +122,41 @@ def test_experts_are_the_top_k_of_the_recorded_scores_logits_unchanged_and_score
     tr, traced = _trace(model, scores=True, logits=True)
     assert torch.equal(plain, traced)                                   # (b) bitwise unchanged
     assert tr.scores.dtype == np.float32 and tr.scores.shape == tr.logits.shape and np.isfinite(tr.scores).all()
-    chosen, gap = _reference_choice(tr.scores, tr.top_k, tr.meta["scores_group_limit"])
-    np.testing.assert_array_equal(np.sort(tr.experts.astype(np.int64), -1), chosen)   # (a) experts = top-k(scores)
+    by_score = _by_score(tr)                                            # all layers but DeepSeek-V4's hash layers
+    assert by_score.any()
+    chosen, gap = _reference_choice(tr.scores[:, by_score], tr.top_k, tr.meta["scores_group_limit"])
+    experts = np.sort(tr.experts.astype(np.int64), -1)
+    np.testing.assert_array_equal(experts[:, by_score], chosen)         # (a) experts = top-k(scores)
     assert (gap > 0).all()                                              # no tie decided it
     assert ("bias" in tr.meta["scores"]) == (model_type in BIASED), tr.meta["scores"]
     if model_type in BIASED:   # a tracer that left the bias out would fail (a): without it, some choices differ
-        layer = {lid: j for j, lid in enumerate(tr.layer_ids.tolist())}
-        unbiased = tr.scores.copy()
+        layer = {lid: j for j, lid in enumerate(tr.layer_ids[by_score].tolist())}
+        unbiased = tr.scores[:, by_score].copy()
         for lid, (b,) in biases.items():
             unbiased[:, layer[lid]] -= b
         assert (_reference_choice(unbiased, tr.top_k, tr.meta["scores_group_limit"])[0] != chosen).any()
+    if not by_score.all():     # (a') token-routed layers: the model's table looked up by token id, not a top-k
+        _assert_token_routed(model, tr)
     tr.save(tmp_path / "t.parquet")                                     # (c) bit-exact round trip
     back = moelab.load_trace(tmp_path / "t.parquet")
     np.testing.assert_array_equal(back.scores.view(np.uint32), tr.scores.view(np.uint32))
     assert back.meta["scores"] == tr.meta["scores"]
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "deepseek_v3", "lfm2_moe", "gpt_oss"])
+def _assert_token_routed(model, tr):
+    """Hash layers: experts = table[token_id] (the model's own buffer), weighted by the recorded scores."""
+    routed = tr.meta["scores_token_routed"]
+    table = model.get_submodule(routed["table"].rpartition(".")[0]).tid2eid.numpy()
+    for lid in routed["layers"]:
+        j = tr.layer_ids.tolist().index(lid)
+        np.testing.assert_array_equal(tr.experts[:, j].astype(np.int64), table[tr.token_id])
+        chosen = np.take_along_axis(tr.scores[:, j], tr.experts[:, j].astype(np.int64), -1)
+        np.testing.assert_allclose(tr.weights[:, j], chosen / chosen.sum(-1, keepdims=True)
+                                   * model.config.routed_scaling_factor, rtol=1e-5)
+        assert (_reference_choice(tr.scores[:, [j]], tr.top_k, None)[0][:, 0] != np.sort(table[tr.token_id])).any()
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "deepseek_v3", "lfm2_moe", "gpt_oss", "dbrx", "deepseek_v4"])
 def test_in_bfloat16_the_experts_are_a_top_k_of_the_recorded_scores(model_type):
     """bf16 logits can tie: the recorded experts are then *a* top-k (no unchosen allowed score above a chosen one)."""
     model, _ = _randomised(model_type)
@@ -129,9 +165,10 @@ def test_in_bfloat16_the_experts_are_a_top_k_of_the_recorded_scores(model_type):
         plain = model(IDS).logits
     tr, traced = _trace(model, scores=True)
     assert torch.equal(plain, traced) and tr.scores.dtype == np.float32
-    s, limit = tr.scores, tr.meta["scores_group_limit"]
+    by_score = _by_score(tr)
+    s, limit = tr.scores[:, by_score], tr.meta["scores_group_limit"]
     chosen = np.zeros(s.shape, bool)
-    np.put_along_axis(chosen, tr.experts.astype(np.int64), True, axis=-1)
+    np.put_along_axis(chosen, tr.experts[:, by_score].astype(np.int64), True, axis=-1)
     _, gap = _reference_choice(s, tr.top_k, limit)
     allowed = np.ones(s.shape, bool)
     if limit:   # the chosen experts lie in the kept groups; their group scores are the highest
@@ -141,6 +178,57 @@ def test_in_bfloat16_the_experts_are_a_top_k_of_the_recorded_scores(model_type):
     low = np.where(chosen, s, np.inf).min(-1)
     high = np.where(allowed & ~chosen, s, -np.inf).max(-1)
     assert (low >= high).all() and (gap >= 0).all()
+
+
+def test_axk2_with_groups_scores_the_experts_outside_the_kept_groups_zero_so_they_can_still_be_chosen():
+    """AXK2TopkRouter.apply_group_scoring masks with 0.0, not -inf: an excluded expert beats a negative kept one."""
+    model, _ = _randomised("axk2", n_group=2, topk_group=1)
+    tr, _ = _trace(model, scores=True)
+    limit = tr.meta["scores_group_limit"]
+    assert limit == {"groups": 2, "kept": 1, "group_score": "top2_sum", "masked_score": 0.0}
+    chosen, gap = _reference_choice(tr.scores, tr.top_k, limit)
+    np.testing.assert_array_equal(np.sort(tr.experts.astype(np.int64), -1), chosen)
+    assert (gap > 0).all()
+    with torch.no_grad():      # now only expert 0 of each group of 4 has a positive score
+        for r in find_routers(model):
+            r.module.e_score_correction_bias.copy_(torch.tensor([0.0, -2, -2, -2] * 2))
+    tr, _ = _trace(model, scores=True)
+    masked = _masked(tr.scores, limit)                 # the 3 excluded experts tie at 0.0: *a* top-2 of these
+    picked = np.take_along_axis(masked, tr.experts.astype(np.int64), -1)
+    assert (picked.min(-1) >= np.sort(masked, -1)[..., -tr.top_k]).all()
+    outside = np.take_along_axis(np.isneginf(_masked(tr.scores, {**limit, "masked_score": -np.inf})),
+                                 tr.experts.astype(np.int64), -1)
+    assert outside.any(-1).all()     # every token ran an expert from a group the limit excluded
+
+
+def test_deepseek_v4_hash_layers_are_named_in_the_metadata_and_not_derived_from_scores(tmp_path):
+    model, _ = _randomised("deepseek_v4")
+    tr, _ = _trace(model, scores=True)
+    hashed = [i for i, t in enumerate(model.config.mlp_layer_types) if t == "hash_moe"]
+    routed = tr.meta["scores_token_routed"]
+    assert hashed and routed == {"layers": hashed, "table": f"model.layers.{hashed[0]}.mlp.gate.tid2eid",
+                                 "scores": "sqrtsoftplus(logits)"}
+    assert f"layers {hashed} take tid2eid[token_id]" in tr.meta["scores_selection"]
+    first_scored = min(set(tr.layer_ids.tolist()) - set(hashed))
+    assert tr.meta["scores_bias"] == f"model.layers.{first_scored}.mlp.gate.e_score_correction_bias"
+    from_scores = experts_from_scores(tr)
+    by_score = _by_score(tr)
+    assert (from_scores[:, ~by_score] == -1).all()
+    np.testing.assert_array_equal(np.sort(from_scores[:, by_score], -1),
+                                  np.sort(tr.experts[:, by_score].astype(np.int64), -1))
+    tr.save(tmp_path / "t.parquet")
+    assert moelab.load_trace(tmp_path / "t.parquet").meta["scores_token_routed"] == routed
+
+
+@pytest.mark.parametrize("model_type, scoring_func", [("inkling2_text", "sqrtsoftplus"), ("deepseek_v4", "sigmoid")])
+def test_the_recorded_scores_use_the_configured_scoring_func(model_type, scoring_func):
+    model, _ = _randomised(model_type, scoring_func=scoring_func)
+    tr, _ = _trace(model, scores=True)
+    assert tr.meta["scores"] == f"{scoring_func}(logits) + e_score_correction_bias"
+    by_score = _by_score(tr)
+    chosen, gap = _reference_choice(tr.scores[:, by_score], tr.top_k, None)
+    np.testing.assert_array_equal(np.sort(tr.experts[:, by_score].astype(np.int64), -1), chosen)
+    assert (gap > 0).all()
 
 
 def test_deepseek_v2_group_limited_greedy_keeps_the_groups_with_the_highest_score():
@@ -160,6 +248,10 @@ def test_deepseek_v2_group_limited_greedy_keeps_the_groups_with_the_highest_scor
     ("ernie4_5_moe", "softmax(logits) + e_score_correction_bias"),
     ("afmoe", "sigmoid(logits) + expert_bias"),
     ("kolibri1", "logits + e_score_correction_bias"),
+    ("dbrx", "softmax(logits)"),
+    ("axk1", "sigmoid(logits) + e_score_correction_bias"),
+    ("inkling2_text", "sigmoid(logits) + e_score_correction_bias"),
+    ("deepseek_v4", "sqrtsoftplus(logits) + e_score_correction_bias"),
 ])
 def test_metadata_names_the_formula_and_how_experts_are_chosen(model_type, formula):
     model, _ = _randomised(model_type)
@@ -168,7 +260,8 @@ def test_metadata_names_the_formula_and_how_experts_are_chosen(model_type, formu
     bias = tr.meta["scores_bias"]     # the first MoE layer's bias, by its path in the model
     assert (bias is None) == ("+" not in formula)
     if bias:
-        assert bias.endswith(formula.rsplit(" + ", 1)[1]) and f"layers.{tr.layer_ids[0]}." in bias
+        first = tr.layer_ids[_by_score(tr)][0]          # the first layer that chooses by score
+        assert bias.endswith(formula.rsplit(" + ", 1)[1]) and f"layers.{first}." in bias
         assert bias in {name for name, _ in [*model.named_parameters(), *model.named_buffers()]}
     assert tr.meta["scores_selection"].startswith(f"top-{tr.top_k}")
     assert tr.logits is None                              # scores alone do not record logits
