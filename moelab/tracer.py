@@ -15,7 +15,8 @@ Three jobs, three modules
 * `moelab.hooks.HookSet`: per MoE layer (`layers.{i}.router`) a forward
   pre-hook on the experts module, reading the (index, weights) the experts
   actually receive (the canonical record, `moelab.arch`), plus a forward hook
-  on the router when logits are asked for; a pre- and post-hook on the decoder
+  on the router when logits are asked for (on its `logits_from` child where the
+  router does not return them: Gemma 4's `proj`); a pre- and post-hook on the decoder
   stack; all removed in `finally`. No forward is patched, no module
   swapped, no setting touched: with or without tracing the model computes
   bitwise the same logits. Per forward the outputs stay on their device, are
@@ -35,7 +36,8 @@ Weights are recorded exactly (float32 holds every fp16/bf16/fp32 value); files
 keep them to fp16 precision (`moelab.codec`), bit-exact with `logits=True`.
 `scores=True` also records the selection scores (the per-expert values the
 router's top-k runs on, selection bias included; `moelab.arch.scores`),
-computed from the router's returned logits; `meta["scores"]` says the formula.
+computed from the router's raw logits (its `logits_from` child's output where the adapter names
+one); `meta["scores"]` says the formula.
 Beam search reorders the cache between steps; the tracer detects the reorder
 and refuses (TracingError) rather than record wrong locality.
 
@@ -138,7 +140,7 @@ class Tracer:
         self.user_meta = dict(meta or {})
         self.stack = _decoder_stack(model)
         self._forward_sig = inspect.signature(type(self.stack).forward)
-        self._slot = {id(r.module): i for i, r in enumerate(self.routers)}
+        self._slot = {id(r.logits_hook_module): i for i, r in enumerate(self.routers)}
         self._ex_slot = {id(r.experts): i for i, r in enumerate(self.routers) if r.experts is not None}
         self._from_experts = self.adapter.record == "experts"
         self._ex_args = experts_arguments(self.routers[0].experts) if self._from_experts else None
@@ -187,7 +189,7 @@ class Tracer:
                 if self._from_experts:
                     self._hooks.forward_pre(r.name, r.experts, self._experts_hook, with_kwargs=True)
                 if self.logits or self.scores or not self._from_experts:
-                    self._hooks.forward(r.name + ".logits", r.module, self._router_hook)
+                    self._hooks.forward(r.name + ".logits", r.logits_hook_module, self._router_hook)
             self._hooks.forward_pre("stack.pre", self.stack, self._pre_hook, with_kwargs=True)
             self._hooks.forward("stack.post", self.stack, self._post_hook)
         except BaseException:
@@ -348,7 +350,7 @@ class Tracer:
         logits = None
         if self.logits or self.scores:
             logits = router_logits(out, self.adapter.logits_at, tokens=tokens, num_experts=self.num_experts,
-                                   path=r.path)
+                                   path=r.logits_path or r.path)
         return index, weights, logits
 
     def _cache_key(self, cache) -> int | None:

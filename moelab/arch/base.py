@@ -10,7 +10,10 @@ Transformers 5.x builds every sparse MLP the same way: a router (`gate` or
 `experts(hidden_states, top_k_index, top_k_weights)`. The canonical record is read
 from the experts module's *inputs* (a forward pre-hook), so it is what the experts
 actually consumed, even where a model edits the router's return before the experts
-see it; the router's own forward hook supplies only the optional raw logits.
+see it; the router's own forward hook supplies only the optional raw logits. Where the
+router returns something else in the logits' place (Gemma 4 returns the softmax
+probabilities), `logits_from` names the router's child module whose output *is* the raw
+logits (`"proj"`), and that child's forward hook supplies them instead.
 Architectures that route differently (Llama 4 scales the experts' input) set
 `record="router"` and read the router's return instead.
 """
@@ -42,6 +45,7 @@ class Adapter:
     scoring: str = "softmax"         # softmax | sigmoid | softmax_topk (softmax over the k chosen) | sparsemixer
     record: str = "experts"          # "experts": read the experts module's inputs; "router": its return
     logits_at: int = 0               # position of the raw logits in the router's returned tuple
+    logits_from: str | None = None   # a child of the router whose output is the raw logits (gemma4: "proj")
     shared_attr: str | int | None = None  # config attribute: number (or width) of always-on shared experts; or a count
     shared_is_width: bool = False    # shared_attr holds a width (qwen2_moe): one shared expert if > 0
     scaling_attr: str | None = None  # config attribute of a factor the weights are multiplied by
@@ -49,6 +53,23 @@ class Adapter:
     selection_bias: bool = False     # a bias added to the scores for selection only (DeepSeek-V3)
     shape: Callable | None = field(default=None, compare=False, repr=False)  # config -> ModelShape
     min_transformers: str = "5.0"    # first version with this architecture's 5.x router
+
+    def __post_init__(self):
+        if self.logits_from is not None and self.record != "experts":
+            raise ValueError(f"Adapter {self.name!r}: logits_from={self.logits_from!r} needs record='experts' (with "
+                             "record='router' the router's own return is read); drop one of the two")
+
+    def logits_source(self, router: nn.Module, path: str) -> tuple[str, nn.Module]:
+        """(path, module) whose forward output holds the raw logits: the router, or its `logits_from` child."""
+        if self.logits_from is None:
+            return path, router
+        try:
+            return f"{path}.{self.logits_from}", router.get_submodule(self.logits_from)
+        except AttributeError:
+            raise UnsupportedModelError(
+                f"router at {path!r} ({type(router).__name__}) has no child {self.logits_from!r}, which the "
+                f"{self.name!r} adapter reads the raw logits from; its children are "
+                f"{[n for n, _ in router.named_children()]}. Update logits_from in moelab/arch/registry.py") from None
 
     def num_experts(self, config) -> int:
         for attr in (self.experts_attr, "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"):
@@ -111,9 +132,16 @@ class Router:
     name: str          # "layers.{i}.router": the hook name used everywhere in moelab
     path: str          # the router module's own path, e.g. "model.layers.0.mlp.gate"
     layer: int         # decoder-layer index i (the model's own, also in hybrid models)
-    module: nn.Module  # the router (returns the logits)
+    module: nn.Module  # the router (returns the logits, unless logits_module is set)
     experts: nn.Module | None = None  # the experts module whose inputs are the canonical record
     experts_path: str = ""
+    logits_module: nn.Module | None = None  # whose forward output holds the raw logits (None: the router)
+    logits_path: str = ""
+
+    @property
+    def logits_hook_module(self) -> nn.Module:
+        """The module whose forward hook reads the raw logits (the router, or its `Adapter.logits_from` child)."""
+        return self.module if self.logits_module is None else self.logits_module
 
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.")  # decoder-layer lists (dbrx: blocks)

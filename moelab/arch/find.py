@@ -63,7 +63,9 @@ def find_routers(model: nn.Module) -> list[Router]:
             if ex is None and adapter.record == "experts":
                 raise UnsupportedModelError(f"router at {path!r} has no `experts` module next to it; moelab reads "
                                             "the canonical record from the experts module's inputs")
-            routers.append(Router(f"layers.{i}.router", path, i, module, ex, ex_path))
+            lg_path, lg = adapter.logits_source(module, path)
+            routers.append(Router(f"layers.{i}.router", path, i, module, ex, ex_path,
+                                  None if lg is module else lg, "" if lg is module else lg_path))
     routers.sort(key=lambda r: r.layer)
     layers = [r.layer for r in routers]
     if len(set(layers)) != len(layers):

@@ -11,12 +11,14 @@ patterns, groups, fields stored under other names; a multimodal wrapper also get
 text model type's) and cuts per-layer lists (`layer_types`, `mlp_layer_types`) to the
 shrunk depth. Configs that derive per-layer sub-configs in their constructor (`INIT`)
 are built from the shrunk sizes instead. `is_moe_config` says whether a config declares
-routed experts.
+routed experts, or a switch that turns an optional MoE block on (`MOE_SWITCHES`: Gemma 4's
+`enable_moe_block`, off by default), so the sweep never passes over such a type silently.
 """
 
 from __future__ import annotations
 
 MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+MOE_SWITCHES = ("enable_moe_block",)   # bool config fields that add an MoE block, whatever their default
 
 SIZES = dict(
     vocab_size=128, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -69,6 +71,11 @@ INIT: dict[str, dict] = {
                             swa_kv_lora_rank=16, swa_head_dim=16, swa_qk_nope_head_dim=8, swa_v_head_dim=16,
                             index_head_dim=16, index_n_heads=2, index_topk=8, shared_experts_intermediate_size=32,
                             num_key_value_heads=4),
+    # Gemma 4: the MoE block is off by default (enable_moe_block); its full-attention layers take their head_dim
+    # from global_head_dim, and the per-layer input embeddings (PLE) are a vocab x (layers * width) table
+    "gemma4_text": dict(enable_moe_block=True, num_experts=8, top_k_experts=2, moe_intermediate_size=32,
+                        global_head_dim=16, vocab_size_per_layer_input=128, hidden_size_per_layer_input=16,
+                        layer_types=["sliding_attention"] * 3 + ["full_attention"]),
 }
 
 
@@ -91,7 +98,8 @@ def tiny_config(model_type: str):
         text = type(text)(**{**sizes, **INIT[text.model_type]}, pad_token_id=0, bos_token_id=1, eos_token_id=2)
         if cfg.model_type == text.model_type:
             return text
-        setattr(cfg, text.base_config_key, text)  # a multimodal wrapper: its text sub-config
+        key = text.base_config_key or next(k for k, c in cfg.sub_configs.items() if isinstance(text, c))
+        setattr(cfg, key, text)  # a multimodal wrapper: its text sub-config
         return cfg
     for name, value in sizes.items():
         _set(text, name, value)
@@ -119,8 +127,10 @@ def tiny_config(model_type: str):
 
 
 def is_moe_config(cfg) -> bool:
-    """Does the (text) config declare routed experts (more than one expert on some layer)?"""
+    """Does the (text) config declare routed experts (more than one expert on some layer), or an MoE switch?"""
     c = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if any(isinstance(getattr(c, name, None), bool) for name in MOE_SWITCHES):
+        return True
     for name in MOE_FIELDS:
         v = getattr(c, name, None)
         if isinstance(v, (list, tuple)):
