@@ -199,9 +199,13 @@ def _tokenizer_name(cfg) -> str:
 
 
 def _decoder_stack(model: nn.Module) -> nn.Module:
-    """The module that receives input_ids / attention_mask and owns `layers` (MixtralModel, ...)."""
+    """The module that receives input_ids / attention_mask and owns `layers` (MixtralModel, ...).
+
+    A multimodal wrapper's base model (Gemma4Model: its `language_model` owns the layers) is the stack: it
+    receives the token ids and the 2-D mask, which it hands its language model only as embeddings and masks."""
     base = getattr(model, "base_model", None)
-    if isinstance(base, nn.Module) and hasattr(base, "layers"):
+    if isinstance(base, nn.Module) and (hasattr(base, "layers") or hasattr(getattr(base, "language_model", None),
+                                                                           "layers")):
         return base
     for m in model.modules():
         if hasattr(m, "layers") and hasattr(m, "embed_tokens"):

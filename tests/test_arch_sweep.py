@@ -146,3 +146,112 @@ def test_512_experts_and_top_16_trace_save_and_load_with_uint16_ids(tmp_path):
     import pyarrow.parquet as pq
 
     assert str(pq.read_schema(tmp_path / "t.parquet").field("experts").type.value_type) == "uint16"
+
+
+def _gemma4_with_per_expert_scales():
+    """Tiny Gemma 4 (MoE block on) whose per-expert scales are not 1, so weights != renormalised probabilities."""
+    model = build_tiny("gemma4_text")
+    g = torch.Generator().manual_seed(3)
+    for layer in model.model.layers:
+        layer.router.per_expert_scale.data = torch.rand(layer.router.per_expert_scale.shape, generator=g) + 0.5
+    return model
+
+
+def test_gemma4_logits_are_its_router_projection_whose_softmax_is_the_routers_returned_probabilities():
+    """Gemma4TextRouter returns softmax probabilities; logits=True records the pre-softmax output of its `proj`."""
+    _available("gemma4_text")
+    model = _gemma4_with_per_expert_scales()
+    routers = [layer.router for layer in model.model.layers]
+    proj_out, returned, handles = {}, {}, []
+    for i, r in enumerate(routers):   # test-only hooks, independent of the tracer
+        handles.append(r.proj.register_forward_hook(lambda m, a, o, i=i: proj_out.__setitem__(i, o.detach().clone())))
+        handles.append(r.register_forward_hook(
+            lambda m, a, o, i=i: returned.__setitem__(i, tuple(x.detach().clone() for x in o))))
+    ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    try:
+        with moelab.trace(model, logits=True, scores=True) as tr, torch.no_grad():
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    assert tr.layer_ids.tolist() == [0, 1, 2, 3] and tr.logits.shape == (14, 4, 8)
+    for j in range(4):
+        probs, weights, index = returned[j]
+        logits = torch.from_numpy(tr.logits[:, j])
+        assert torch.equal(logits, proj_out[j].float())                                  # proj's output, exactly
+        torch.testing.assert_close(torch.softmax(logits, -1), probs, rtol=0, atol=1e-7)   # the router's probabilities
+        assert not torch.allclose(logits, probs)                                          # ... which are not logits
+        np.testing.assert_array_equal(tr.experts[:, j], index.numpy())
+        # closed form: top-k of the probabilities, renormalised, times the learned per-expert scale
+        top = probs.gather(1, index)
+        expect = top / top.sum(-1, keepdim=True) * routers[j].per_expert_scale.detach()[index]
+        np.testing.assert_allclose(tr.weights[:, j], expect.numpy(), rtol=1e-6, atol=0)
+        assert not np.allclose(tr.weights[:, j].sum(-1), 1.0)                              # the scale is recorded
+        # selection scores: softmax of the logits, i.e. the probabilities whose top-k chose the experts
+        np.testing.assert_allclose(tr.scores[:, j], probs.numpy(), rtol=0, atol=1e-7)
+        top_scores = np.sort(np.argsort(-tr.scores[:, j], axis=-1, kind="stable")[:, :2], -1)
+        np.testing.assert_array_equal(top_scores, np.sort(tr.experts[:, j], -1))
+
+
+def test_gemma4_traces_with_bitwise_unchanged_logits_and_parity_per_expert_scales_included():
+    """The sweep's check on a Gemma 4 whose per-expert scales are not 1 (the default init sets them to 1)."""
+    from moelab.arch import adapter_for
+    from moelab.arch.capabilities import _parity
+
+    _available("gemma4_text")
+    model = _gemma4_with_per_expert_scales()
+    ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    assert _parity(model, adapter_for(model), ids) == []
+    with torch.no_grad():
+        plain = model(ids).logits
+        with moelab.trace(model, logits=True, scores=True):
+            traced = model(ids).logits
+    assert torch.equal(plain, traced)
+
+
+def test_an_adapter_reads_logits_from_a_named_child_and_says_so_when_the_child_is_missing():
+    import dataclasses
+
+    from moelab.arch import adapter_named
+
+    _available("gemma4_text")
+    model = build_tiny("gemma4_text")
+    (r, *_) = find_routers(model)
+    assert r.logits_hook_module is model.model.layers[0].router.proj and r.logits_path.endswith("router.proj")
+    wrong = dataclasses.replace(adapter_named("gemma4"), logits_from="gate")
+    with pytest.raises(moelab.UnsupportedModelError, match=r"has no child 'gate'.*\['norm', 'proj'\]"):
+        wrong.logits_source(r.module, r.path)
+    with pytest.raises(ValueError, match="logits_from='proj' needs record='experts'"):
+        dataclasses.replace(adapter_named("gemma4"), record="router")
+
+
+def test_a_model_type_whose_moe_block_is_off_by_default_is_swept_and_unknown_without_an_adapter(monkeypatch):
+    """Gemma 4's default config routes nothing (enable_moe_block=False): its switch still makes it an MoE type."""
+    from transformers import AutoConfig
+
+    from moelab.arch import capabilities
+    from moelab.arch.tiny import is_moe_config
+
+    _available("gemma4_text")
+    cfg = AutoConfig.for_model("gemma4_text")
+    assert cfg.enable_moe_block is False and cfg.num_experts is None
+    assert is_moe_config(cfg) and is_moe_config(AutoConfig.for_model("gemma4"))
+    assert not is_moe_config(AutoConfig.for_model("gemma3_text"))                  # a dense relative is not
+    monkeypatch.setattr(capabilities, "ADAPTERS", tuple(a for a in ADAPTERS if a.name != "gemma4"))
+    assert {"gemma4", "gemma4_text"} <= set(capabilities.moe_model_types())
+    (cap,) = capabilities.sweep(["gemma4_text"])
+    assert not cap.traced and cap.reason.startswith("UNKNOWN")
+
+
+def test_the_gemma4_multimodal_wrapper_records_token_ids_and_skips_padding_like_its_text_model():
+    """Gemma4Model hands its language model embeddings and a mask mapping: the tracer hooks the wrapper's model."""
+    _available("gemma4")
+    model = build_tiny("gemma4")
+    assert type(model).__name__ == "Gemma4ForConditionalGeneration"
+    ids = torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0                                                     # left padding on row 1
+    with moelab.trace(model) as tr, torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    np.testing.assert_array_equal(tr.token_id, ids[mask.bool()].numpy())  # real tokens only, row by row
+    np.testing.assert_array_equal(tr.position, [0, 1, 2, 3, 4, 5, 0, 1, 2, 3])

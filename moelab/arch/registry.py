@@ -10,8 +10,9 @@ Adding an architecture = one `Adapter(...)` here (its shape reader in `moelab.ar
 when `moelab.compute` should count it) plus nothing else: the registry sweep
 (tests/test_arch_sweep.py) builds a tiny random config of every MoE model type in the
 installed transformers and checks parity with what its experts module received.
-Scoring names: softmax (over all E), sigmoid, softmax_topk (softmax over the k chosen
-logits, so the weights sum to 1), sparsemixer (PhiMoE).
+A router that does not return its raw logits names the child module that computes them
+(`logits_from`, Gemma 4). Scoring names: softmax (over all E), sigmoid, softmax_topk
+(softmax over the k chosen logits, so the weights sum to 1), sparsemixer (PhiMoE).
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ ADAPTERS: tuple[Adapter, ...] = (
     # (tid2eid) and weight them by the gate's scores; the experts receive (index, weights) on every layer
     A("deepseek_v4", ("deepseek_v4",), ("DeepseekV4TopKRouter", "DeepseekV4HashRouter"), "n_routed_experts",
       scoring="config-dependent", selection_bias=True, shared_attr=1, scaling_attr="routed_scaling_factor"),
+    # Gemma 4: an optional MoE block (config.enable_moe_block) beside each layer's dense MLP, which runs for every
+    # token (one shared expert). Gemma4TextRouter returns softmax probabilities where others return logits, so the
+    # raw logits are read off its `proj` child; the experts receive the renormalised top-k probabilities times a
+    # learned per-expert scale (router.per_expert_scale)
+    A("gemma4", ("gemma4_text", "gemma4"), ("Gemma4TextRouter",), "num_experts", top_k_attr="top_k_experts",
+      logits_from="proj", shared_attr=1),
 )
 
 # model types with MoE layers that moelab does not trace, and why (the sweep and docs/capabilities.md read this)
@@ -122,10 +129,6 @@ UNSUPPORTED: dict[str, str] = {
     "inkling2_loop_text": ("looped layers: layers loop_layer_index_start..loop_layer_index_end - 1 run "
                            "loop_num_passes times per forward through the same MoE block, so one layer id routes "
                            "each token several times; a RoutingTrace holds one choice per (token, layer)"),
-    "gemma4_text": ("its MoE block is optional (enable_moe_block, off in the default config) and Gemma4TextRouter "
-                    "returns softmax probabilities, not logits, where the record reads the logits (its `proj` child "
-                    "computes them); the (index, weights) its experts receive are readable"),
-    "gemma4": "multimodal wrapper of gemma4_text (see there)",
     "zaya": ("a skip expert (router class num_experts, no compute): ZayaRouter takes the top-k over num_experts + 1 "
              "classes and rewrites a chosen skip to expert 0 with weight 0 before the experts run, so the experts' "
              "inputs cannot tell a skip from a choice of expert 0, and its logits are (tokens, num_experts + 1)"),
