@@ -96,10 +96,32 @@ def test_every_policy_equals_the_brute_force_simulator_token_by_token(policy):
 def test_wide_expert_masks_equal_the_brute_force_simulator(E):
     rng = np.random.default_rng(E)
     ex = random_trace(rng, 120, 2, E, 3, sticky=0.3)
-    for policy in ("lru", "lfu", "belady"):
+    for policy in ("lru", "lfu", "belady", "prefetch"):
         C = int(rng.integers(3, E + 1))
-        r = simulate_cache(ex, C, policy, num_experts=E, chunk=16, warmup=4)
-        assert r.hits.tolist() == brute_force(ex, C, policy)[0].sum(0).tolist(), (policy, C)
+        pred = predict_from_previous_layer(ex, num_experts=E) if policy == "prefetch" else None
+        r = simulate_cache(ex, C, policy, num_experts=E, predicted=pred, chunk=16, warmup=4)
+        h, pl = brute_force(ex, C, policy, pred)
+        assert r.hits.tolist() == h.sum(0).tolist() and r.prefetch_loads.tolist() == pl.tolist(), (policy, C)
+
+
+def test_rows_advanced_in_several_blocks_equal_the_brute_force_simulator(monkeypatch):
+    from moelab.serving import engine
+
+    monkeypatch.setattr(engine, "_ROWS", 3)  # 3 chunks at a time: blocks split layers, repairs span blocks
+    rng = np.random.default_rng(13)
+    ex = random_trace(rng, 140, 3, 8, 2, sticky=0.5)
+    for policy in ("lru", "lfu", "belady", "prefetch"):
+        pred = predict_from_previous_layer(ex, num_experts=8) if policy == "prefetch" else None
+        r = simulate_cache(ex, 3, policy, num_experts=8, predicted=pred, keep_per_token=True, chunk=9, warmup=2)
+        h, pl = brute_force(ex, 3, policy, pred)
+        assert r.per_token_hits.tolist() == h.tolist() and r.prefetch_loads.tolist() == pl.tolist(), policy
+
+
+def test_lfu_keys_wider_than_32_bits_equal_the_brute_force_simulator():
+    """LFU's key (count, last use, id) outgrows int32 from a few thousand tokens; the engine widens it."""
+    ex = random_trace(np.random.default_rng(14), 6000, 1, 8, 2, sticky=0.2)
+    r = simulate_cache(ex, 4, "lfu", num_experts=8, keep_per_token=True)
+    assert r.per_token_hits.tolist() == brute_force(ex, 4, "lfu")[0].tolist()
 
 
 def test_results_do_not_depend_on_the_chunking():
