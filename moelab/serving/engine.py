@@ -128,6 +128,9 @@ class Stream:
         b = int(self.T + 1).bit_length()  # last_use + 1 and T - next_use lie in [0, 2**b)
         cs = _ID_BITS + b
         top = ((self.T * self.k + 1) << cs) if policy == "lfu" else (1 << cs)  # every key < top
+        if top > 1 << 62:
+            raise ValueError(f"{policy}'s cache keys for a trace of {self.T} tokens with k={self.k} do not fit 64 bits; "
+                             f"the simulator takes traces of up to 10**7 tokens")
         return (np.dtype(np.int32), 1 << 30, cs) if top <= 1 << 30 else (np.dtype(np.int64), 1 << 62, cs)
 
     def _stats(self):
