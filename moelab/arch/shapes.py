@@ -26,6 +26,45 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class Mixer:
+    """One decoder layer's token mixer: an attention block (the default) or a recurrent / conv mixer.
+
+    >>> Mixer(heads=4, kv_heads=2, head_dim=16).kind
+    'attention'
+
+    A `ModelShape` whose layers all share one attention block leaves `mixers` empty and keeps the
+    numbers in its own fields; readers of families whose layers differ (per-layer head counts,
+    sinks on sliding layers only, Mamba / linear-attention / short-conv layers) give one Mixer per layer.
+    """
+
+    kind: str = "attention"  # "attention" | "mamba" | "mamba2" | "gated_deltanet" | "short_conv" | "lightning" | "none"
+    heads: int = 0  # query heads
+    kv_heads: int = 0  # key/value heads
+    head_dim: int = 0  # q/k width per head
+    v_head_dim: int = 0  # v/o width per head (0 = head_dim; mimo_v2_flash differs)
+    q_bias: bool = False
+    k_bias: bool = False
+    v_bias: bool = False
+    o_bias: bool = False
+    q_norm: int = 0  # weights of the q normalisation
+    k_norm: int = 0  # weights of the k normalisation
+    gate: int = 0  # output gate Linear(H, gate), no bias (afmoe, beam: heads*head_dim; laguna per-head: heads)
+    gate_bias: int = 0  # parameters of a separate gate bias (beam: one per head)
+    sinks: bool = False  # one learned sink logit per head
+    window: int | None = None  # sliding window of this layer (None = full causal)
+    mla: tuple[int, int, int, int, int] | None = None  # (q_lora_rank or 0, kv_lora_rank, qk_nope, qk_rope, v_dim)
+    index_heads: int = 0  # sparse-attention indexer (minimax_m3): heads of its q projection, 0 = none
+    index_dim: int = 0  # width of one indexer head (its k projection has one head)
+    # non-attention mixers (kind != "attention"): closed forms from the modeling file, computed by the reader
+    params: int = 0  # every parameter of the mixer
+    weights: int = 0  # weights of its per-token matmuls (FLOPs per token = 2 * weights)
+
+    @property
+    def vd(self) -> int:
+        return self.v_head_dim or self.head_dim
+
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -70,6 +109,30 @@ class ModelShape:
     expert_bias: bool = False  # routed experts with gate_up / down biases (gpt_oss)
     attn_sinks: bool = False  # one learned sink logit per head per layer (gpt_oss)
     mla: tuple[int, int, int, int, int] | None = None  # (q_lora_rank or 0, kv_lora_rank, qk_nope, qk_rope, v_dim)
+    # the families of moelab.arch.shapes_families
+    layer_norms: int = 2  # H-wide norms per decoder layer (1: parallel block / one block per layer; 4: sandwich norms)
+    shared_bias: bool = False  # shared-expert Linear layers have biases (deepseek_v2 / aria mlp_bias, ernie use_bias)
+    router_extra: int = 0  # per MoE layer: router parameters with no matmul, e.g. an e_score_correction_bias or
+    #                        expert_bias stored as an nn.Parameter (numel counts it; the same thing as a buffer is not)
+    mixers: tuple[Mixer, ...] = ()  # per layer token mixer when layers differ; () = every layer is `attention_mixer`
+    mlp_layer: tuple[bool, ...] = ()  # per layer: has an MLP at all (nemotron_h mixer-only layers); () = every layer
+
+    @property
+    def attention_mixer(self) -> Mixer:
+        """The attention block described by this shape's own fields (what every layer has when `mixers` is empty)."""
+        return Mixer(heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim, q_bias=self.q_bias,
+                     k_bias=self.k_bias, v_bias=self.v_bias, o_bias=self.o_bias, q_norm=self.q_norm, k_norm=self.k_norm,
+                     sinks=self.attn_sinks, window=self.sliding_window, mla=self.mla)
+
+    @property
+    def layer_mixers(self) -> tuple[Mixer, ...]:
+        return self.mixers or (self.attention_mixer,) * self.layers
+
+    @property
+    def num_dense_mlp_layers(self) -> int:
+        """Layers with a dense MLP: not MoE, and with an MLP at all."""
+        has = self.mlp_layer or (True,) * self.layers
+        return sum(h and not m for h, m in zip(has, self.moe_layer))
 
     @property
     def is_moe(self) -> bool:
@@ -163,7 +226,7 @@ def deepseek_v3_shape(c, common: dict) -> ModelShape:
         shared_intermediate=c.moe_intermediate_size * int(c.n_shared_experts or 0),
         dense_intermediate=c.intermediate_size, moe_layer=tuple(i >= dense for i in range(L)),
         q_bias=ab, k_bias=ab, o_bias=ab,
-        mla=(int(c.q_lora_rank or 0), c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim),
+        mla=(int(getattr(c, "q_lora_rank", 0) or 0), c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim),
     )
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from .params import attention_weights
+from .params import mixer_weights
 from .shape import model_shape
 
 
@@ -49,6 +49,7 @@ class FlopBreakdown:
     attention_proj: float = 0.0
     attention_scores: float = 0.0  # Q K^T
     attention_values: float = 0.0  # A V
+    mixer: float = 0.0  # projections of the recurrent / conv mixers of hybrid layers (Mamba, linear attention)
     router: float = 0.0
     experts: float = 0.0
     shared_experts: float = 0.0
@@ -109,17 +110,23 @@ def forward_flops(
         raise ValueError(f"logits={logits!r}: use 'all', 'last' or 'none'")
     s = model_shape(config)
     H, T = s.hidden, batch * seq_len
-    n_moe, n_dense = s.num_moe_layers, s.num_dense_layers
-    proj = attention_weights(s)
-    keys = batch * _keys_sum(seq_len, past, causal_skip, s.sliding_window)
-    qk_dim, v_dim = (s.mla[2] + s.mla[3], s.mla[4]) if s.mla else (s.head_dim, s.head_dim)
-    attn_qk = 2.0 * s.heads * qk_dim * keys * s.layers
-    attn_av = 2.0 * s.heads * v_dim * keys * s.layers
+    n_moe, n_dense = s.num_moe_layers, s.num_dense_mlp_layers
+    proj = attn_qk = attn_av = mixer = 0.0
+    for m in s.layer_mixers:
+        if m.kind != "attention":  # recurrent / conv mixers: their per-token projections only (see module docstring)
+            mixer += 2.0 * mixer_weights(m, H) * T
+            continue
+        proj += 2.0 * mixer_weights(m, H) * T
+        keys = batch * _keys_sum(seq_len, past, causal_skip, m.window)
+        qk_dim, v_dim = (m.mla[2] + m.mla[3], m.mla[4]) if m.mla else (m.head_dim, m.vd)
+        attn_qk += 2.0 * (m.heads * qk_dim * keys + m.index_heads * m.index_dim * batch * seq_len * (past + seq_len))
+        attn_av += 2.0 * m.heads * v_dim * keys
     n_logits = {"all": T, "last": batch, "none": 0}[logits]
     return FlopBreakdown(
-        attention_proj=2.0 * proj * T * s.layers,
+        attention_proj=proj,
         attention_scores=attn_qk,
         attention_values=attn_av,
+        mixer=mixer,
         router=2.0 * H * s.num_experts * T * n_moe,
         experts=2.0 * s.top_k * 3 * H * s.expert_intermediate * T * n_moe,
         shared_experts=(2.0 * 3 * H * s.shared_intermediate + 2.0 * H * s.shared_gate) * T * n_moe,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ..arch.shapes import Mixer
 from .shape import ModelShape, model_shape
 
 
@@ -40,7 +41,8 @@ class ParamCount:
     """
 
     embeddings: Count  # token embedding table (V x H)
-    attention: Count  # q, k, v, o projections (+ biases, + q/k norms)
+    attention: Count  # token mixers: q, k, v, o projections (+ biases, q/k norms, gates, sinks); Mamba /
+    #                   linear-attention / short-conv mixers of hybrid layers (closed forms, moelab.arch.shapes_hybrid)
     router: Count  # Linear(H, E) per MoE layer
     experts: Count  # routed experts: E x 3 x H x I_e per MoE layer; active k/E of it
     shared_experts: Count  # always-on shared expert + its gate (qwen2_moe)
@@ -80,26 +82,42 @@ def _swiglu(h: int, i: int, bias: bool = False) -> int:
     return 3 * h * i + ((2 * i + h) if bias else 0)
 
 
+def mixer_weights(m: Mixer, hidden: int) -> int:
+    """Per-token matmul weights of ONE layer's token mixer (projections; no biases or norms)."""
+    if m.kind != "attention":
+        return m.weights
+    H = hidden
+    if m.mla is not None:  # q_a/q_b (or q), kv_a_with_mqa, kv_b, o (DeepSeek-V3 MLA)
+        q_rank, kv_rank, nope, rope, v = m.mla
+        q = H * q_rank + q_rank * m.heads * (nope + rope) if q_rank else H * m.heads * (nope + rope)
+        return q + H * (kv_rank + rope) + kv_rank * m.heads * (nope + v) + m.heads * v * H
+    q, k, v = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.kv_heads * m.vd
+    index = H * m.index_heads * m.index_dim + H * m.index_dim
+    return H * q + H * k + H * v + m.heads * m.vd * H + H * m.gate + index
+
+
+def mixer_params(m: Mixer, hidden: int) -> int:
+    """Parameters of ONE layer's token mixer (projections, biases, q/k norms, sinks, gates)."""
+    if m.kind != "attention":
+        return m.params
+    n = mixer_weights(m, hidden)
+    if m.mla is not None:
+        q_rank, kv_rank, nope, rope, v = m.mla
+        return n + (q_rank * (1 + m.q_bias) if q_rank else 0) + kv_rank + (kv_rank + rope) * m.k_bias \
+            + hidden * m.o_bias
+    n += m.heads * m.head_dim * m.q_bias + m.kv_heads * m.head_dim * m.k_bias + m.kv_heads * m.vd * m.v_bias
+    n += hidden * m.o_bias + m.q_norm + m.k_norm + m.heads * m.sinks + m.gate_bias
+    return n + 2 * m.index_dim * (m.index_heads > 0)  # indexer q_norm and k_norm
+
+
 def attention_weights(s: ModelShape) -> int:
-    """Projection weights of ONE attention layer (what the matmuls multiply by; no biases or norms)."""
-    if s.mla is not None:  # q_a/q_b (or q), kv_a_with_mqa, kv_b, o (DeepSeek-V3 MLA)
-        q_rank, kv_rank, nope, rope, v = s.mla
-        q = s.hidden * q_rank + q_rank * s.heads * (nope + rope) if q_rank else s.hidden * s.heads * (nope + rope)
-        return q + s.hidden * (kv_rank + rope) + kv_rank * s.heads * (nope + v) + s.heads * v * s.hidden
-    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    return s.hidden * q + 2 * s.hidden * kv + q * s.hidden
+    """Projection weights of ONE attention layer (the first one; what the matmuls multiply by; no biases or norms)."""
+    return mixer_weights(next((m for m in s.layer_mixers if m.kind == "attention"), s.attention_mixer), s.hidden)
 
 
 def attention_params(s: ModelShape) -> int:
-    """Attention parameters of ONE layer (projections, biases, q/k norms, sinks)."""
-    n = attention_weights(s)
-    if s.mla is not None:
-        q_rank, kv_rank, nope, rope, v = s.mla
-        return n + (q_rank * (1 + s.q_bias) if q_rank else 0) + kv_rank + (kv_rank + rope) * s.k_bias \
-            + s.hidden * s.o_bias
-    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    n += q * s.q_bias + kv * s.k_bias + kv * s.v_bias + s.hidden * s.o_bias
-    return n + s.q_norm + s.k_norm + s.heads * s.attn_sinks
+    """Attention parameters of ONE layer (the first attention layer: projections, biases, q/k norms, sinks)."""
+    return mixer_params(next((m for m in s.layer_mixers if m.kind == "attention"), s.attention_mixer), s.hidden)
 
 
 def expert_params(s: ModelShape) -> int:
@@ -116,17 +134,18 @@ def count_params(config) -> ParamCount:
     """
     s = model_shape(config)
     H, V, L, E, k = s.hidden, s.vocab, s.layers, s.num_experts, s.top_k
-    n_moe, n_dense = s.num_moe_layers, s.num_dense_layers
+    n_moe, n_dense = s.num_moe_layers, s.num_dense_mlp_layers
     norm = H * (2 if s.norm_bias else 1)
 
     emb = V * H
-    attn = L * attention_params(s)
-    router = n_moe * (H * E + (E if s.router_bias else 0))
+    attn = sum(mixer_params(m, H) for m in s.layer_mixers)
+    router = n_moe * (H * E + (E if s.router_bias else 0) + s.router_extra)
     experts_total = n_moe * E * expert_params(s)
     experts_active = n_moe * k * expert_params(s)
-    shared = n_moe * (_swiglu(H, s.shared_intermediate) + (H if s.shared_gate else 0))
+    shared = n_moe * (_swiglu(H, s.shared_intermediate, s.shared_bias and s.shared_intermediate > 0)
+                      + (H if s.shared_gate else 0))
     dense = n_dense * _swiglu(H, s.dense_intermediate, s.mlp_bias)
-    norms = (2 * L + 1) * norm
+    norms = (s.layer_norms * L + 1) * norm
     head = (0 if s.tied else V * H) + (V if s.lm_head_bias else 0)
 
     full = lambda n: Count(n, n)  # noqa: E731

@@ -1,0 +1,75 @@
+"""moelab.compute is exact on every traced family with standard attention: `count_params(config).total`
+equals `sum(p.numel() for p in model.parameters())` and `forward_flops` equals what
+`torch.utils.flop_counter.FlopCounterMode` counts in a forward pass, on tiny models built offline,
+both from the tiny default config and with the config's optional parts switched on (VARIANTS)."""
+
+import functools
+
+import pytest
+import torch
+import transformers as T
+from torch.utils.flop_counter import FlopCounterMode
+
+import moelab.compute as C
+from moelab.arch.tiny import tiny_config
+
+DEFAULT = ["deepseek_v2", "glm4_moe", "sarvam_moe", "glm4_moe_lite", "dots1", "ernie4_5_moe", "hunyuan_v1_moe",
+           "flex_olmo", "granitemoe", "granitemoeshared", "granitemoe_swa", "aria_text", "afmoe", "beam",
+           "cohere2_moe", "exaone_moe", "flint", "hy_v3", "kolibri1", "laguna", "mellum", "mimo_v2_flash",
+           "minimax_m2", "minimax_m3_vl_text", "solar_open"]
+
+# per model type: config fields set on the tiny config to switch on what the default leaves off
+VARIANTS = {
+    "deepseek_v2": dict(attention_bias=True, mlp_bias=True, q_lora_rank=None, first_k_dense_replace=2),
+    "glm4_moe": dict(attention_bias=True, use_qk_norm=True, n_shared_experts=2, tie_word_embeddings=True),
+    "glm4_moe_lite": dict(attention_bias=True, q_lora_rank=None, mlp_layer_types=["dense", "dense", "sparse", "sparse"]),
+    "dots1": dict(attention_bias=True, first_k_dense_replace=0),
+    "ernie4_5_moe": dict(use_bias=True, moe_layer_interval=2, moe_num_shared_experts=0),
+    "hunyuan_v1_moe": dict(attention_bias=True),
+    "flex_olmo": dict(attention_bias=True),
+    "granitemoe": dict(attention_bias=True),
+    "granitemoeshared": dict(shared_intermediate_size=0),
+    "granitemoe_swa": dict(attention_bias=True),
+    "aria_text": dict(attention_bias=True, mlp_bias=True, moe_num_shared_experts=2),
+    "afmoe": dict(attention_bias=True, num_dense_layers=2, num_shared_experts=1),
+    "beam": dict(attention_bias=True, mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
+    "cohere2_moe": dict(attention_bias=True, num_shared_experts=1, prefix_dense_intermediate_size=48,
+                        mlp_layer_types=["dense", "sparse", "sparse", "sparse"]),
+    "exaone_moe": dict(num_shared_experts=2),
+    "flint": dict(attention_bias=True, decoder_sparse_step=2, mlp_only_layers=[3]),
+    "hy_v3": dict(attention_bias=True, mlp_bias=True, num_shared_experts=2),
+    "kolibri1": dict(shared_expert_intermediate_size=48, tie_word_embeddings=True),
+    "laguna": dict(attention_bias=True, gating="per-element", num_attention_heads_per_layer=[4, 8, 2, 4]),
+    "mellum": dict(attention_bias=True, mlp_layer_types=["dense", "sparse", "dense", "sparse"]),
+    "mimo_v2_flash": dict(attention_bias=True, v_head_dim=8),
+    "minimax_m3_vl_text": dict(layer_types=["full_attention", "minimax_m3_sparse"] * 2, index_head_dim=16,
+                               mlp_layer_types=["dense", "sparse", "sparse", "sparse"]),
+    "solar_open": dict(attention_bias=True, n_shared_experts=2),
+}
+CASES = [(mt, False) for mt in DEFAULT] + [(mt, True) for mt in VARIANTS]
+
+
+@functools.lru_cache(maxsize=None)
+def _measured(model_type: str, variant: bool):
+    """(config, numel of model.parameters(), FlopCounterMode total of one 2 x 12-token forward)."""
+    cfg = tiny_config(model_type)
+    for k, v in (VARIANTS[model_type] if variant else {}).items():
+        setattr(cfg.get_text_config(), k, v)
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", experts_implementation="eager").eval()
+    ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(1))
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(ids)
+    return model.config, sum(p.numel() for p in model.parameters()), fc.get_total_flops()
+
+
+@pytest.mark.parametrize("model_type,variant", CASES, ids=[f"{m}{'-variant' if v else ''}" for m, v in CASES])
+def test_count_params_equals_the_sum_of_model_parameters(model_type, variant):
+    config, numel, _ = _measured(model_type, variant)
+    assert C.count_params(config).total == numel
+
+
+@pytest.mark.parametrize("model_type,variant", CASES, ids=[f"{m}{'-variant' if v else ''}" for m, v in CASES])
+def test_forward_flops_equal_flop_counter_mode(model_type, variant):
+    config, _, counted = _measured(model_type, variant)
+    assert C.forward_flops(config, batch=2, seq_len=12, logits="all").total == counted
