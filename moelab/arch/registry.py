@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from . import shapes as S
 from . import shapes_families as F
+from . import shapes_hybrid as H
 from .base import Adapter
 
 A = Adapter
@@ -44,14 +45,14 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("llama4", ("llama4_text", "llama4"), ("Llama4Router",), "num_local_experts", renormalised=False,
       scoring="sigmoid", record="router", logits_at=1, shared_attr=1, shape=S.llama4_shape),
     A("qwen3_next", ("qwen3_next",), ("Qwen3NextTopKRouter",), "num_experts", renormalised="norm_topk_prob",
-      shared_attr="shared_expert_intermediate_size", shared_is_width=True),
-    A("jamba", ("jamba",), ("JambaTopKRouter",), "num_experts", renormalised=False),
+      shared_attr="shared_expert_intermediate_size", shared_is_width=True, shape=H.qwen3_next_shape),
+    A("jamba", ("jamba",), ("JambaTopKRouter",), "num_experts", renormalised=False, shape=H.jamba_shape),
     A("granitemoe", ("granitemoe",), ("GraniteMoeTopKRouter",), "num_local_experts", scoring="softmax_topk", shape=F.granitemoe_shape),
     A("granitemoeshared", ("granitemoeshared",), ("GraniteMoeSharedTopKRouter",), "num_local_experts",
       scoring="softmax_topk", shared_attr="shared_intermediate_size", shared_is_width=True, shape=F.granitemoe_shape),
     A("granitemoehybrid", ("granitemoehybrid",), ("GraniteMoeHybridTopKRouter",), "num_local_experts",
-      scoring="softmax_topk", shared_attr="shared_intermediate_size", shared_is_width=True),
-    A("minimax", ("minimax",), ("MiniMaxTopKRouter",), "num_local_experts"),
+      scoring="softmax_topk", shared_attr="shared_intermediate_size", shared_is_width=True, shape=H.granitemoehybrid_shape),
+    A("minimax", ("minimax",), ("MiniMaxTopKRouter",), "num_local_experts", shape=H.minimax_shape),
     A("ernie4_5_moe", ("ernie4_5_moe",), ("Ernie4_5_MoeTopKRouter",), "moe_num_experts", top_k_attr="moe_k",
       selection_bias=True, shared_attr="moe_num_shared_experts", shape=F.ernie4_5_moe_shape),
     A("hunyuan_v1_moe", ("hunyuan_v1_moe",), ("HunYuanMoEV1Gate",), "num_experts", top_k_attr="moe_topk",
@@ -74,17 +75,17 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("kolibri1", ("kolibri1",), ("Kolibri1TopKRouter",), "num_experts", scoring="sigmoid", selection_bias=True,
       renormalised="norm_topk_prob", shape=F.kolibri1_shape),
     A("laguna", ("laguna",), ("LagunaTopKRouter",), "num_experts", scoring="config-dependent", selection_bias=True, shape=F.laguna_shape),
-    A("lara_mini", ("lara_mini",), ("LaraMiniTopKRouter",), "num_experts", renormalised="norm_topk_prob"),
+    A("lara_mini", ("lara_mini",), ("LaraMiniTopKRouter",), "num_experts", renormalised="norm_topk_prob", shape=H.lara_mini_shape),
     A("mellum", ("mellum",), ("MellumTopKRouter",), "num_experts", renormalised="norm_topk_prob", shape=F.mellum_shape),
     A("mimo_v2_flash", ("mimo_v2_flash",), ("MiMoV2FlashTopkRouter",), "n_routed_experts", shape=F.mimo_v2_flash_shape, **_DS),
     A("minimax_m2", ("minimax_m2",), ("MiniMaxM2TopKRouter",), "num_local_experts", scoring="sigmoid",
       selection_bias=True, shape=F.olmo_style_shape),
     A("minimax_m3_vl", ("minimax_m3_vl_text",), ("MiniMaxM3VLTopKRouter",), "num_local_experts",
       scoring="config-dependent", selection_bias=True, shape=F.minimax_m3_shape),
-    A("nemotron_h", ("nemotron_h",), ("NemotronHTopkRouter",), "n_routed_experts", **_DS),
+    A("nemotron_h", ("nemotron_h",), ("NemotronHTopkRouter",), "n_routed_experts", shape=H.nemotron_h_shape, **_DS),
     A("solar_open", ("solar_open",), ("SolarOpenTopkRouter",), "n_routed_experts", shape=F.solar_open_shape, **_DS),
     A("lfm2_moe", ("lfm2_moe",), ("Lfm2MoeTopKRouter",), "num_experts", scoring="sigmoid",
-      renormalised="norm_topk_prob", scaling_attr="routed_scaling_factor"),
+      renormalised="norm_topk_prob", scaling_attr="routed_scaling_factor", shape=H.lfm2_moe_shape),
     # DBRX: the router returns only the logits; the block does softmax -> top-k -> p-norm (p = 1 by default)
     A("dbrx", ("dbrx",), ("DbrxRouter",), "moe_num_experts", top_k_attr="moe_top_k",
       renormalised="moe_normalize_expert_weights"),

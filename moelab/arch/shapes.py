@@ -59,6 +59,7 @@ class Mixer:
     # non-attention mixers (kind != "attention"): closed forms from the modeling file, computed by the reader
     params: int = 0  # every parameter of the mixer
     weights: int = 0  # weights of its per-token matmuls (FLOPs per token = 2 * weights)
+    conv: tuple[int, int] | None = None  # (channels, kernel) of its depthwise causal nn.Conv1d, None = none
 
     @property
     def vd(self) -> int:
@@ -116,6 +117,8 @@ class ModelShape:
     #                        expert_bias stored as an nn.Parameter (numel counts it; the same thing as a buffer is not)
     mixers: tuple[Mixer, ...] = ()  # per layer token mixer when layers differ; () = every layer is `attention_mixer`
     mlp_layer: tuple[bool, ...] = ()  # per layer: has an MLP at all (nemotron_h mixer-only layers); () = every layer
+    glu: bool = True  # MLPs and experts are gated (gate, up, down); False: up, down only (nemotron_h relu^2)
+    moe_latent: int = 0  # experts work in this width: Linear(H, latent) before, Linear(latent, H) after (nemotron_h)
 
     @property
     def attention_mixer(self) -> Mixer:

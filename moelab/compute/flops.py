@@ -122,15 +122,16 @@ def forward_flops(
         attn_qk += 2.0 * (m.heads * qk_dim * keys + m.index_heads * m.index_dim * batch * seq_len * (past + seq_len))
         attn_av += 2.0 * m.heads * v_dim * keys
     n_logits = {"all": T, "last": batch, "none": 0}[logits]
+    g = 3 if s.glu else 2  # matmuls per MLP: gate, up, down (or up, down)
     return FlopBreakdown(
         attention_proj=proj,
         attention_scores=attn_qk,
         attention_values=attn_av,
         mixer=mixer,
         router=2.0 * H * s.num_experts * T * n_moe,
-        experts=2.0 * s.top_k * 3 * H * s.expert_intermediate * T * n_moe,
-        shared_experts=(2.0 * 3 * H * s.shared_intermediate + 2.0 * H * s.shared_gate) * T * n_moe,
-        dense_mlp=2.0 * 3 * H * s.dense_intermediate * T * n_dense,
+        experts=(2.0 * s.top_k * g * (s.moe_latent or H) * s.expert_intermediate + 4.0 * H * s.moe_latent) * T * n_moe,
+        shared_experts=(2.0 * g * H * s.shared_intermediate + 2.0 * H * s.shared_gate) * T * n_moe,
+        dense_mlp=2.0 * g * H * s.dense_intermediate * T * n_dense,
         head=2.0 * H * s.vocab * n_logits,
     )
 

@@ -44,7 +44,7 @@ class ParamCount:
     attention: Count  # token mixers: q, k, v, o projections (+ biases, q/k norms, gates, sinks); Mamba /
     #                   linear-attention / short-conv mixers of hybrid layers (closed forms, moelab.arch.shapes_hybrid)
     router: Count  # Linear(H, E) per MoE layer
-    experts: Count  # routed experts: E x 3 x H x I_e per MoE layer; active k/E of it
+    experts: Count  # routed experts: E x 3 x H x I_e per MoE layer; active k/E of it (+ latent projections, fully)
     shared_experts: Count  # always-on shared expert + its gate (qwen2_moe)
     dense_mlp: Count  # SwiGLU MLP of dense layers (all layers of a dense model)
     norms: Count  # pre-attention, pre-MLP and final norms
@@ -77,8 +77,11 @@ class ParamCount:
         return "\n".join(rows)
 
 
-def _swiglu(h: int, i: int, bias: bool = False) -> int:
-    # gate_proj (H->I), up_proj (H->I), down_proj (I->H); experts store gate|up fused, same count
+def _swiglu(h: int, i: int, bias: bool = False, glu: bool = True) -> int:
+    # gate_proj (H->I), up_proj (H->I), down_proj (I->H); experts store gate|up fused, same count.
+    # glu=False: up_proj and down_proj only (nemotron_h's relu^2 MLPs)
+    if not glu:
+        return 2 * h * i + ((i + h) if bias else 0)
     return 3 * h * i + ((2 * i + h) if bias else 0)
 
 
@@ -121,8 +124,14 @@ def attention_params(s: ModelShape) -> int:
 
 
 def expert_params(s: ModelShape) -> int:
-    """Parameters of ONE routed expert (SwiGLU; gpt_oss adds gate_up and down biases)."""
-    return _swiglu(s.hidden, s.expert_intermediate, s.expert_bias)
+    """Parameters of ONE routed expert (SwiGLU; gpt_oss adds gate_up and down biases; nemotron_h: up/down in the
+    latent width)."""
+    return _swiglu(s.moe_latent or s.hidden, s.expert_intermediate, s.expert_bias, s.glu)
+
+
+def latent_params(s: ModelShape) -> int:
+    """The latent projections around the experts of ONE MoE layer (nemotron_h `moe_latent_size`; 0 without)."""
+    return (2 * s.hidden * s.moe_latent + (s.moe_latent + s.hidden) * s.mlp_bias) if s.moe_latent else 0
 
 
 def count_params(config) -> ParamCount:
@@ -140,11 +149,11 @@ def count_params(config) -> ParamCount:
     emb = V * H
     attn = sum(mixer_params(m, H) for m in s.layer_mixers)
     router = n_moe * (H * E + (E if s.router_bias else 0) + s.router_extra)
-    experts_total = n_moe * E * expert_params(s)
-    experts_active = n_moe * k * expert_params(s)
-    shared = n_moe * (_swiglu(H, s.shared_intermediate, s.shared_bias and s.shared_intermediate > 0)
+    experts_total = n_moe * (E * expert_params(s) + latent_params(s))
+    experts_active = n_moe * (k * expert_params(s) + latent_params(s))
+    shared = n_moe * (_swiglu(H, s.shared_intermediate, s.shared_bias and s.shared_intermediate > 0, s.glu)
                       + (H if s.shared_gate else 0))
-    dense = n_dense * _swiglu(H, s.dense_intermediate, s.mlp_bias)
+    dense = n_dense * _swiglu(H, s.dense_intermediate, s.mlp_bias, s.glu)
     norms = (s.layer_norms * L + 1) * norm
     head = (0 if s.tied else V * H) + (V if s.lm_head_bias else 0)
 
