@@ -1,7 +1,9 @@
-"""moelab.compute is exact on every traced family with standard attention: `count_params(config).total`
-equals `sum(p.numel() for p in model.parameters())` and `forward_flops` equals what
-`torch.utils.flop_counter.FlopCounterMode` counts in a forward pass, on tiny models built offline,
-both from the tiny default config and with the config's optional parts switched on (VARIANTS)."""
+"""moelab.compute is exact on every traced family beyond the first eight (tests/test_compute_arch.py), hybrids
+included: `count_params(config).total` equals `sum(p.numel() for p in model.parameters())` and `forward_flops`
+equals what `torch.utils.flop_counter.FlopCounterMode` counts in a forward pass from an empty cache, on tiny
+models built offline: the tiny default config (2 x 12 tokens) and the config with its optional parts switched on
+(VARIANTS, 2 x 70 tokens: past a 64-token sliding window, several Mamba-2 / DeltaNet chunks and lightning blocks,
+the last one partial)."""
 
 import functools
 
@@ -16,7 +18,10 @@ from moelab.arch.tiny import tiny_config
 DEFAULT = ["deepseek_v2", "glm4_moe", "sarvam_moe", "glm4_moe_lite", "dots1", "ernie4_5_moe", "hunyuan_v1_moe",
            "flex_olmo", "granitemoe", "granitemoeshared", "granitemoe_swa", "aria_text", "afmoe", "beam",
            "cohere2_moe", "exaone_moe", "flint", "hy_v3", "kolibri1", "laguna", "mellum", "mimo_v2_flash",
-           "minimax_m2", "minimax_m3_vl_text", "solar_open"]
+           "minimax_m2", "minimax_m3_vl_text", "solar_open",
+           # hybrids: Mamba (jamba), Mamba-2 (granitemoehybrid, nemotron_h), short conv (lfm2_moe),
+           # gated DeltaNet (qwen3_next, lara_mini), lightning attention (minimax)
+           "jamba", "granitemoehybrid", "nemotron_h", "lfm2_moe", "qwen3_next", "lara_mini", "minimax"]
 
 # per model type: config fields set on the tiny config to switch on what the default leaves off
 VARIANTS = {
@@ -45,31 +50,65 @@ VARIANTS = {
     "minimax_m3_vl_text": dict(layer_types=["full_attention", "minimax_m3_sparse"] * 2, index_head_dim=16,
                                mlp_layer_types=["dense", "sparse", "sparse", "sparse"]),
     "solar_open": dict(attention_bias=True, n_shared_experts=2),
+    "jamba": dict(mamba_proj_bias=True, mamba_conv_bias=False, attn_layer_offset=0, expert_layer_offset=0),
+    "granitemoehybrid": dict(attention_bias=True, mamba_proj_bias=True, mamba_conv_bias=False, mamba_n_groups=2,
+                             mamba_chunk_size=16),
+    "nemotron_h": dict(mamba_num_heads=8, mamba_head_dim=16, n_groups=2, ssm_state_size=8, chunk_size=16,
+                       moe_shared_expert_intermediate_size=48, moe_latent_size=32, mlp_bias=True, use_bias=True,
+                       use_conv_bias=False, layers_block_type=["moe", "linear_attention", "mlp", "full_attention"]),
+    "lfm2_moe": dict(conv_bias=True, num_dense_layers=2),
+    "qwen3_next": dict(attention_bias=True, decoder_sparse_step=2, linear_num_value_heads=4, linear_num_key_heads=2),
+    "lara_mini": dict(attention_bias=True, linear_key_head_dim=8),
+    "minimax": dict(block_size=16),
 }
 CASES = [(mt, False) for mt in DEFAULT] + [(mt, True) for mt in VARIANTS]
 
 
 @functools.lru_cache(maxsize=None)
 def _measured(model_type: str, variant: bool):
-    """(config, numel of model.parameters(), FlopCounterMode total of one 2 x 12-token forward)."""
+    """(config, sequence length, numel of model.parameters(), FlopCounterMode total of one 2 x S-token forward)."""
     cfg = tiny_config(model_type)
     for k, v in (VARIANTS[model_type] if variant else {}).items():
         setattr(cfg.get_text_config(), k, v)
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", experts_implementation="eager").eval()
-    ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(1))
+    S = 70 if variant else 12
+    ids = torch.randint(3, 100, (2, S), generator=torch.Generator().manual_seed(1))
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(ids)
-    return model.config, sum(p.numel() for p in model.parameters()), fc.get_total_flops()
+    return model.config, S, sum(p.numel() for p in model.parameters()), fc.get_total_flops()
 
 
 @pytest.mark.parametrize("model_type,variant", CASES, ids=[f"{m}{'-variant' if v else ''}" for m, v in CASES])
 def test_count_params_equals_the_sum_of_model_parameters(model_type, variant):
-    config, numel, _ = _measured(model_type, variant)
+    config, _, numel, _ = _measured(model_type, variant)
     assert C.count_params(config).total == numel
 
 
 @pytest.mark.parametrize("model_type,variant", CASES, ids=[f"{m}{'-variant' if v else ''}" for m, v in CASES])
 def test_forward_flops_equal_flop_counter_mode(model_type, variant):
-    config, _, counted = _measured(model_type, variant)
-    assert C.forward_flops(config, batch=2, seq_len=12, logits="all").total == counted
+    config, S, _, counted = _measured(model_type, variant)
+    assert C.forward_flops(config, batch=2, seq_len=S, logits="all").total == counted
+
+
+def _active_by_gradient(model) -> int:
+    """Parameters one token uses, measured: all parameters, less the routed experts whose slice of each stacked
+    experts tensor gets no gradient from one token's logits (embedding rows count fully, the convention)."""
+    model.zero_grad(set_to_none=True)
+    model(torch.tensor([[5]])).logits.sum().backward()
+    unused = 0
+    for name, p in model.named_parameters():
+        if ".experts." in name and p.grad is not None and p.dim() == 3:
+            used = p.grad.flatten(1).ne(0).any(1)  # (E,) experts this token reached
+            unused += int((~used).sum()) * p[0].numel()
+    return sum(p.numel() for p in model.parameters()) - unused
+
+
+@pytest.mark.parametrize("model_type", DEFAULT)
+def test_active_params_equal_what_one_token_touches(model_type):
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="eager",
+                                               experts_implementation="eager")
+    measured = _active_by_gradient(model)
+    assert measured < sum(p.numel() for p in model.parameters())  # the token skipped some routed experts
+    assert C.count_params(model.config).active == measured

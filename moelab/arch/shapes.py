@@ -60,6 +60,9 @@ class Mixer:
     params: int = 0  # every parameter of the mixer
     weights: int = 0  # weights of its per-token matmuls (FLOPs per token = 2 * weights)
     conv: tuple[int, int] | None = None  # (channels, kernel) of its depthwise causal nn.Conv1d, None = none
+    scan: tuple = ()  # the sequence mixing's matmul sizes (moelab.compute.flops.scan_flops): ("mamba", inner, state),
+    #                   ("ssd", chunk, heads, head_dim, state), ("deltanet", chunk, heads, k_dim, v_dim),
+    #                   ("lightning", block, heads, head_dim); () = none
 
     @property
     def vd(self) -> int:

@@ -33,11 +33,11 @@ def mamba_mixer(c) -> Mixer:
     pb, cb = bool(c.mamba_proj_bias), bool(c.mamba_conv_bias)
     weights = H * 2 * I + I * (R + 2 * N) + R * I + I * H
     params = weights + 2 * I * pb + H * pb + I * K + I * cb + I + I * N + I + R + 2 * N
-    return Mixer(kind="mamba", params=params, weights=weights, conv=(I, K))
+    return Mixer(kind="mamba", params=params, weights=weights, conv=(I, K), scan=("mamba", I, N))
 
 
 def mamba2_mixer(H: int, inner: int, heads: int, groups: int, state: int, kernel: int, proj_bias: bool,
-                 conv_bias: bool) -> Mixer:
+                 conv_bias: bool, chunk: int) -> Mixer:
     """Mamba-2 (granitemoehybrid, nemotron_h): in_proj H -> inner + conv_dim + heads with
     conv_dim = inner + 2 * groups * state, depthwise conv1d over conv_dim, dt_bias / A_log / D per head,
     a gated RMSNorm over inner, out_proj inner -> H."""
@@ -45,7 +45,8 @@ def mamba2_mixer(H: int, inner: int, heads: int, groups: int, state: int, kernel
     proj = inner + conv_dim + heads
     weights = H * proj + inner * H
     params = weights + (proj + H) * proj_bias + conv_dim * kernel + conv_dim * conv_bias + 3 * heads + inner
-    return Mixer(kind="mamba2", params=params, weights=weights, conv=(conv_dim, kernel))
+    return Mixer(kind="mamba2", params=params, weights=weights, conv=(conv_dim, kernel),
+                 scan=("ssd", chunk, heads, inner // heads, state))
 
 
 def deltanet_mixer(c) -> Mixer:
@@ -58,13 +59,14 @@ def deltanet_mixer(c) -> Mixer:
     conv_dim = 2 * kd + vd
     weights = H * (2 * kd + 2 * vd + 2 * nv) + vd * H
     return Mixer(kind="gated_deltanet", params=weights + conv_dim * K + 2 * nv + dv, weights=weights,
-                 conv=(conv_dim, K))
+                 conv=(conv_dim, K), scan=("deltanet", 64, nv, dk, dv))  # chunk_size 64: torch_chunk_gated_delta_rule
 
 
 def lightning_mixer(c, common: dict) -> Mixer:
     """minimax lightning attention: qkv_proj H -> 3 h d, output_gate H -> h d, out_proj h d -> H, RMSNorm(h d)."""
-    hd = common["heads"] * common["head_dim"]
-    return Mixer(kind="lightning", params=5 * c.hidden_size * hd + hd, weights=5 * c.hidden_size * hd)
+    h, d = common["heads"], common["head_dim"]
+    return Mixer(kind="lightning", params=5 * c.hidden_size * h * d + h * d, weights=5 * c.hidden_size * h * d,
+                 scan=("lightning", c.block_size, h, d))
 
 
 def short_conv_mixer(c) -> Mixer:
@@ -95,7 +97,7 @@ def granitemoehybrid_shape(c, common: dict) -> ModelShape:
     the shared MLP (`shared_intermediate_size`; the only MLP when `num_local_experts` is 0)."""
     H = c.hidden_size
     m2 = lambda: mamba2_mixer(H, int(c.mamba_expand * H), c.mamba_n_heads, c.mamba_n_groups, c.mamba_d_state,  # noqa
-                              c.mamba_d_conv, bool(c.mamba_proj_bias), bool(c.mamba_conv_bias))
+                              c.mamba_d_conv, bool(c.mamba_proj_bias), bool(c.mamba_conv_bias), c.mamba_chunk_size)
     attn = [t != "linear_attention" for t in c.layers_block_type]
     E, S = int(c.num_local_experts or 0), c.shared_intermediate_size
     return _moe(c, common, experts=E, top_k=c.num_experts_per_tok, expert_width=c.intermediate_size,
@@ -108,7 +110,7 @@ def nemotron_h_shape(c, common: dict) -> ModelShape:
     projections, one shared MLP) or a dense relu^2 MLP; one norm per layer."""
     H, types = c.hidden_size, list(c.layers_block_type)
     m2 = lambda: mamba2_mixer(H, c.mamba_num_heads * c.mamba_head_dim, c.mamba_num_heads, c.n_groups,  # noqa
-                              c.ssm_state_size, c.conv_kernel, bool(c.use_bias), bool(c.use_conv_bias))
+                              c.ssm_state_size, c.conv_kernel, bool(c.use_bias), bool(c.use_conv_bias), c.chunk_size)
     attention = _mixers(c, common, bias=())
     mixers = tuple({"linear_attention": m2(), "full_attention": attention[i]}.get(t, Mixer(kind="none"))
                    for i, t in enumerate(types))

@@ -78,6 +78,35 @@ class FlopBreakdown:
         return d
 
 
+def scan_flops(scan: tuple, batch: int, seq_len: int) -> float:
+    """Matmul FLOPs of a hybrid layer's sequence mixing over `batch` fresh sequences of `seq_len` tokens, as the
+    transformers 5.x reference PyTorch paths compute it (what FlopCounterMode sees without the CUDA kernels):
+        mamba      y_t = h_t C_t per step                                   2 B S I N
+        ssd        Mamba-2 chunked scan, c = ceil(S / Q) chunks of Q:       2 B h [c Q^2 (n + p) + 2 c Q p n + (c+1)^2 p n]
+        deltanet   gated delta rule, chunks of Q (padded):                 B h c (4 Q^2 d_k + 2 Q^2 d_v + 6 Q d_k d_v)
+        lightning  blocks of b <= block tokens:                             sum_blocks B h (4 b^2 d + 4 b d^2)
+    """
+    if not scan:
+        return 0.0
+    kind, B, S = scan[0], batch, seq_len
+    if kind == "mamba":
+        _, inner, state = scan
+        return 2.0 * B * S * inner * state
+    if kind == "ssd":
+        _, Q, h, p, n = scan
+        c = -(-S // Q)
+        return 2.0 * B * h * (c * Q * Q * (n + p) + 2 * c * Q * p * n + (c + 1) ** 2 * p * n)
+    if kind == "deltanet":
+        _, Q, h, dk, dv = scan
+        c = -(-S // Q)
+        return float(B * h * c * (4 * Q * Q * dk + 2 * Q * Q * dv + 6 * Q * dk * dv))
+    if kind == "lightning":
+        _, block, h, d = scan
+        sizes = [min(block, S - i) for i in range(0, S, block)]
+        return float(sum(B * h * (4 * b * b * d + 4 * b * d * d) for b in sizes))
+    raise ValueError(f"unknown scan kind {kind!r} in {scan!r}; known: mamba, ssd, deltanet, lightning")
+
+
 def _keys_sum(S: int, P: int, causal_skip: bool, window: int | None) -> float:
     """Sum over the S new queries of the number of keys each is multiplied with."""
     if not causal_skip:
@@ -113,8 +142,10 @@ def forward_flops(
     n_moe, n_dense = s.num_moe_layers, s.num_dense_mlp_layers
     proj = attn_qk = attn_av = mixer = 0.0
     for m in s.layer_mixers:
-        if m.kind != "attention":  # recurrent / conv mixers: their per-token projections only (see module docstring)
-            mixer += 2.0 * mixer_weights(m, H) * T
+        if m.kind != "attention":  # recurrent / conv mixers (see module docstring)
+            mixer += 2.0 * mixer_weights(m, H) * T + scan_flops(m.scan, batch, seq_len)
+            if m.conv:  # depthwise Conv1d padded by K-1: S + K - 1 outputs per channel
+                mixer += 2.0 * batch * (seq_len + m.conv[1] - 1) * m.conv[1] * m.conv[0]
             continue
         proj += 2.0 * mixer_weights(m, H) * T
         keys = batch * _keys_sum(seq_len, past, causal_skip, m.window)
