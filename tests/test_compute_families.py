@@ -112,3 +112,56 @@ def test_active_params_equal_what_one_token_touches(model_type):
     measured = _active_by_gradient(model)
     assert measured < sum(p.numel() for p in model.parameters())  # the token skipped some routed experts
     assert C.count_params(model.config).active == measured
+
+
+FIRST = ["mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "llama4_text"]
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_step(model_type: str):
+    """(config, FlopCounterMode total of one 2 x 1-token step after a 2 x 12-token prompt filled the cache)."""
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="eager",
+                                               experts_implementation="eager").eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        cache = model(torch.randint(3, 100, (2, 12), generator=g), use_cache=True).past_key_values
+        with FlopCounterMode(display=False) as fc:
+            model(torch.randint(3, 100, (2, 1), generator=g), cache=cache, use_cache=True)
+    return model.config, fc.get_total_flops()
+
+
+@pytest.mark.parametrize("model_type", FIRST + DEFAULT)
+def test_decode_step_flops_equal_flop_counter_mode_counting_what_transformers_computes(model_type):
+    config, counted = _decode_step(model_type)
+    assert C.forward_flops(config, batch=2, seq_len=1, past=12, as_transformers=True).total == counted
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "deepseek_v2", "glm4_moe_lite"])
+def test_mla_decode_re_expands_every_cached_latent_in_transformers_only(model_type):
+    config, counted = _decode_step(model_type)
+    s = C.model_shape(config)
+    q_rank, kv_rank, nope, rope, v = s.mla
+    re_expansion = 2 * kv_rank * s.heads * (nope + v) * 2 * 12 * s.layers  # kv_b_proj over the 2 x 12 cached latents
+    assert C.forward_flops(config, batch=2, seq_len=1, past=12).total == counted - re_expansion
+
+
+def test_llama4_transformers_experts_run_every_expert_on_every_token():
+    config, counted = _decode_step("llama4_text")
+    usual = C.forward_flops(config, batch=2, seq_len=1, past=12)
+    s = C.model_shape(config)
+    extra = 2 * (s.num_experts - s.top_k) * 3 * s.hidden * s.expert_intermediate * 2 * s.num_moe_layers
+    assert usual.total == counted - extra
+
+
+def test_llama4_prefill_flops_equal_flop_counter_mode_counting_what_transformers_computes():
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(tiny_config("llama4_text"), attn_implementation="eager",
+                                               experts_implementation="eager").eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.randint(3, 100, (2, 12)))
+    assert C.forward_flops(model.config, batch=2, seq_len=12, as_transformers=True).total == fc.get_total_flops()
+
+
+def test_every_traced_model_type_has_a_shape_reader():
+    assert set(FIRST + DEFAULT + ["llama4"]) <= set(C.SUPPORTED_MODEL_TYPES)

@@ -121,6 +121,8 @@ class ModelShape:
     mixers: tuple[Mixer, ...] = ()  # per layer token mixer when layers differ; () = every layer is `attention_mixer`
     mlp_layer: tuple[bool, ...] = ()  # per layer: has an MLP at all (nemotron_h mixer-only layers); () = every layer
     glu: bool = True  # MLPs and experts are gated (gate, up, down); False: up, down only (nemotron_h relu^2)
+    dense_experts: bool = False  # the transformers eager experts run every expert on every token, inputs zeroed
+    #                              off the top-k (llama4); counted only by forward_flops(as_transformers=True)
     moe_latent: int = 0  # experts work in this width: Linear(H, latent) before, Linear(latent, H) after (nemotron_h)
 
     @property
@@ -254,7 +256,7 @@ def llama4_shape(c, common: dict) -> ModelShape:
         **{**common, "sliding_window": None}, num_experts=c.num_local_experts, top_k=c.num_experts_per_tok,
         expert_intermediate=c.intermediate_size, num_shared=1, shared_intermediate=c.intermediate_size,
         dense_intermediate=c.intermediate_size_mlp, moe_layer=tuple(i in moe for i in range(c.num_hidden_layers)),
-        q_bias=ab, k_bias=ab, v_bias=ab, o_bias=ab,
+        q_bias=ab, k_bias=ab, v_bias=ab, o_bias=ab, dense_experts=True,
     )
 
 

@@ -78,13 +78,16 @@ class FlopBreakdown:
         return d
 
 
-def scan_flops(scan: tuple, batch: int, seq_len: int) -> float:
-    """Matmul FLOPs of a hybrid layer's sequence mixing over `batch` fresh sequences of `seq_len` tokens, as the
-    transformers 5.x reference PyTorch paths compute it (what FlopCounterMode sees without the CUDA kernels):
+def scan_flops(scan: tuple, batch: int, seq_len: int, past: int = 0) -> float:
+    """Matmul FLOPs of a hybrid layer's sequence mixing, as the transformers 5.x reference PyTorch paths compute it
+    (what FlopCounterMode sees without the CUDA kernels). From an empty cache (past == 0), over `batch` sequences
+    of S = `seq_len` tokens:
         mamba      y_t = h_t C_t per step                                   2 B S I N
         ssd        Mamba-2 chunked scan, c = ceil(S / Q) chunks of Q:       2 B h [c Q^2 (n + p) + 2 c Q p n + (c+1)^2 p n]
-        deltanet   gated delta rule, chunks of Q (padded):                 B h c (4 Q^2 d_k + 2 Q^2 d_v + 6 Q d_k d_v)
+        deltanet   gated delta rule, c = ceil(S / Q) chunks of Q (padded): B h c (4 Q^2 d_k + 2 Q^2 d_v + 6 Q d_k d_v)
         lightning  blocks of b <= block tokens:                             sum_blocks B h (4 b^2 d + 4 b d^2)
+    After `past` cached tokens, the recurrent (one-token decode) forms, per new token:
+        mamba 2 B I N;  ssd 2 B h p n (y = state C);  deltanet 0 (elementwise);  lightning 4 B h d^2.
     """
     if not scan:
         return 0.0
@@ -94,17 +97,34 @@ def scan_flops(scan: tuple, batch: int, seq_len: int) -> float:
         return 2.0 * B * S * inner * state
     if kind == "ssd":
         _, Q, h, p, n = scan
+        if past:
+            return 2.0 * B * S * h * p * n
         c = -(-S // Q)
         return 2.0 * B * h * (c * Q * Q * (n + p) + 2 * c * Q * p * n + (c + 1) ** 2 * p * n)
     if kind == "deltanet":
         _, Q, h, dk, dv = scan
+        if past:
+            return 0.0
         c = -(-S // Q)
         return float(B * h * c * (4 * Q * Q * dk + 2 * Q * Q * dv + 6 * Q * dk * dv))
     if kind == "lightning":
         _, block, h, d = scan
+        if past:
+            return 4.0 * B * S * h * d * d
         sizes = [min(block, S - i) for i in range(0, S, block)]
         return float(sum(B * h * (4 * b * b * d + 4 * b * d * d) for b in sizes))
     raise ValueError(f"unknown scan kind {kind!r} in {scan!r}; known: mamba, ssd, deltanet, lightning")
+
+
+def conv_flops(conv: tuple | None, batch: int, seq_len: int, past: int = 0) -> float:
+    """FLOPs FlopCounterMode gives a depthwise causal Conv1d of C channels, kernel K: from an empty cache it is padded
+    by K - 1 (S + K - 1 outputs per channel); a cached step convolves the K cached inputs and the S new ones
+    unpadded (S + 1 outputs, the reference `causal_conv1d_update`). 2 x outputs x K x C per sequence."""
+    if not conv:
+        return 0.0
+    C, K = conv
+    outputs = seq_len + 1 if past else seq_len + K - 1
+    return 2.0 * batch * outputs * K * C
 
 
 def _keys_sum(S: int, P: int, causal_skip: bool, window: int | None) -> float:
@@ -123,11 +143,17 @@ def forward_flops(
     past: int = 0,
     logits: str = "all",
     causal_skip: bool = False,
+    as_transformers: bool = False,
 ) -> FlopBreakdown:
     """Matmul FLOPs of one forward pass over `batch` x `seq_len` new tokens after `past` cached ones.
 
     logits: "all" (every position, like `model(input_ids)`), "last" (one per sequence, like
     `generate` / `logits_to_keep=1`) or "none".
+    as_transformers: also count two things the transformers 5.x eager code computes beyond the usual accounting
+    (what FlopCounterMode sees on such a model): MLA models cache the compressed latent and re-expand every
+    cached position through kv_b_proj each step (2 B (P+S) r_kv h (d_nope + d_v) per layer instead of for the
+    S new tokens); Llama 4's experts run every expert on every token (E, not k, expert MLPs per token).
+    Hybrid layers with a cache (past > 0) follow the one-token decode path (`scan_flops`, `conv_flops`).
 
     >>> from transformers import MistralConfig
     >>> c = MistralConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
@@ -143,24 +169,26 @@ def forward_flops(
     proj = attn_qk = attn_av = mixer = 0.0
     for m in s.layer_mixers:
         if m.kind != "attention":  # recurrent / conv mixers (see module docstring)
-            mixer += 2.0 * mixer_weights(m, H) * T + scan_flops(m.scan, batch, seq_len)
-            if m.conv:  # depthwise Conv1d padded by K-1: S + K - 1 outputs per channel
-                mixer += 2.0 * batch * (seq_len + m.conv[1] - 1) * m.conv[1] * m.conv[0]
+            mixer += 2.0 * mixer_weights(m, H) * T + scan_flops(m.scan, batch, seq_len, past)
+            mixer += conv_flops(m.conv, batch, seq_len, past)
             continue
         proj += 2.0 * mixer_weights(m, H) * T
+        if m.mla and as_transformers:  # kv_b_proj re-expands the P cached latents too
+            proj += 2.0 * m.mla[1] * m.heads * (m.mla[2] + m.mla[4]) * batch * past
         keys = batch * _keys_sum(seq_len, past, causal_skip, m.window)
         qk_dim, v_dim = (m.mla[2] + m.mla[3], m.mla[4]) if m.mla else (m.head_dim, m.vd)
         attn_qk += 2.0 * (m.heads * qk_dim * keys + m.index_heads * m.index_dim * batch * seq_len * (past + seq_len))
         attn_av += 2.0 * m.heads * v_dim * keys
     n_logits = {"all": T, "last": batch, "none": 0}[logits]
     g = 3 if s.glu else 2  # matmuls per MLP: gate, up, down (or up, down)
+    k_run = s.num_experts if s.dense_experts and as_transformers else s.top_k  # expert MLPs run per token
     return FlopBreakdown(
         attention_proj=proj,
         attention_scores=attn_qk,
         attention_values=attn_av,
         mixer=mixer,
         router=2.0 * H * s.num_experts * T * n_moe,
-        experts=(2.0 * s.top_k * g * (s.moe_latent or H) * s.expert_intermediate + 4.0 * H * s.moe_latent) * T * n_moe,
+        experts=(2.0 * k_run * g * (s.moe_latent or H) * s.expert_intermediate + 4.0 * H * s.moe_latent) * T * n_moe,
         shared_experts=(2.0 * g * H * s.shared_intermediate + 2.0 * H * s.shared_gate) * T * n_moe,
         dense_mlp=2.0 * g * H * s.dense_intermediate * T * n_dense,
         head=2.0 * H * s.vocab * n_logits,
