@@ -27,7 +27,8 @@ DEFAULT = ["deepseek_v2", "glm4_moe", "sarvam_moe", "glm4_moe_lite", "dots1", "e
 VARIANTS = {
     "deepseek_v2": dict(attention_bias=True, mlp_bias=True, q_lora_rank=None, first_k_dense_replace=2),
     "glm4_moe": dict(attention_bias=True, use_qk_norm=True, n_shared_experts=2, tie_word_embeddings=True),
-    "glm4_moe_lite": dict(attention_bias=True, q_lora_rank=None, mlp_layer_types=["dense", "dense", "sparse", "sparse"]),
+    "glm4_moe_lite": dict(attention_bias=True, q_lora_rank=None,
+                          mlp_layer_types=["dense", "dense", "sparse", "sparse"]),
     "dots1": dict(attention_bias=True, first_k_dense_replace=0),
     "ernie4_5_moe": dict(use_bias=True, moe_layer_interval=2, moe_num_shared_experts=0),
     "hunyuan_v1_moe": dict(attention_bias=True),
@@ -165,3 +166,23 @@ def test_llama4_prefill_flops_equal_flop_counter_mode_counting_what_transformers
 
 def test_every_traced_model_type_has_a_shape_reader():
     assert set(FIRST + DEFAULT + ["llama4"]) <= set(C.SUPPORTED_MODEL_TYPES)
+
+
+@pytest.mark.parametrize("model_type", ["jamba", "qwen3_next", "lfm2_moe", "nemotron_h", "mimo_v2_flash", "laguna",
+                                        "mixtral", "granitemoehybrid"])
+def test_kv_bytes_per_token_equal_what_the_cache_stores_per_token(model_type):
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
+    with torch.no_grad():
+        cache = model(torch.randint(3, 100, (1, 10)), use_cache=True).past_key_values
+    stored = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers
+                 if getattr(layer, "keys", None) is not None)
+    assert C.kv_bytes_per_token(model.config, "fp32") == stored / 10 * 4
+
+
+def test_the_capability_matrix_says_yes_only_where_params_and_flops_are_exact():
+    from moelab.arch.capabilities import accounting_check
+
+    assert accounting_check("lfm2_moe") == (True, True, True, [])
+    params, flops, flops_as_transformers, notes = accounting_check("llama4_text")  # every expert on every token
+    assert (params, flops, flops_as_transformers) == (True, False, True) and "as_transformers=True" in notes[0]

@@ -17,6 +17,10 @@ readers (mistral, llama) are in `DENSE_READERS`. What each adds to the plain Lla
     qwen3_moe        fine-grained experts, per-head q/k RMSNorm, same sparse-layer rule
     olmoe            fine-grained experts, q/k RMSNorm over the full projection (arXiv:2409.02060)
 
+The other families' readers live in `moelab.arch.shapes_families` (standard attention: gates,
+sinks, per-layer heads, MLA variants, dense/MoE layer rules) and `moelab.arch.shapes_hybrid`
+(Mamba / Mamba-2 / gated DeltaNet / lightning attention / short-conv layers, as `Mixer` records).
+
 References: the modeling_*.py files of transformers 5.x (the parameter shapes here are the
 ones those modules create; tests check the sum against `model.parameters()`).
 """
@@ -234,7 +238,8 @@ def deepseek_v3_shape(c, common: dict) -> ModelShape:
         shared_intermediate=c.moe_intermediate_size * int(c.n_shared_experts or 0),
         dense_intermediate=c.intermediate_size, moe_layer=tuple(i >= dense for i in range(L)),
         q_bias=ab, k_bias=ab, o_bias=ab,
-        mla=(int(getattr(c, "q_lora_rank", 0) or 0), c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim),
+        mla=(int(getattr(c, "q_lora_rank", 0) or 0), c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim,
+             c.v_head_dim),  # q_lora_rank None (DeepSeek-V2-Lite): a plain q_proj
     )
 
 

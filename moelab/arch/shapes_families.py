@@ -161,7 +161,8 @@ def olmo_style_shape(c, common: dict) -> ModelShape:
 
 
 def granitemoe_shape(c, common: dict) -> ModelShape:
-    """granitemoe, granitemoeshared (shared MLP of `shared_intermediate_size`, none when 0), granitemoe_swa (+ sinks)."""
+    """granitemoe, granitemoeshared (shared MLP of `shared_intermediate_size`, none when 0),
+    granitemoe_swa (+ sinks)."""
     return _moe(c, common, experts=c.num_local_experts, top_k=c.num_experts_per_tok, expert_width=c.intermediate_size,
                 moe_layer=_all(c), shared=int(getattr(c, "shared_intermediate_size", 0) or 0),
                 mixers=_mixers(c, common, sinks=common["model_type"] == "granitemoe_swa"))

@@ -16,6 +16,13 @@ Per token and layer, with H hidden, h query heads of width d, g KV heads, I_e ex
     shared_experts     2 * 3 * H * I_s + 2 * H              (qwen2_moe)
     dense_mlp          2 * 3 * H * I                        (dense layers)
 and once per token that produces logits: head = 2 * H * V.
+Per-layer differences (output gates, per-layer heads or KV heads, sinks, MLA, a sparse-attention
+indexer) come from the layer's `Mixer` (moelab.arch.shapes). Hybrid layers (Mamba, Mamba-2, gated
+DeltaNet, lightning attention, short conv) go to `mixer`: their projections plus `scan_flops` and
+`conv_flops`, closed forms of the transformers reference PyTorch paths.
+Exactness: tests/test_compute_families.py checks the total against FlopCounterMode on tiny models
+of every traced family, for a prefill from an empty cache and for a one-token decode step
+(`as_transformers=True` for MLA decode and Llama 4, see `forward_flops`).
 
 n_keys: a forward of S new tokens after P cached tokens. Dense attention kernels (eager,
 SDPA math) compute every query against all P+S keys and mask afterwards, so
@@ -80,10 +87,15 @@ class FlopBreakdown:
 
 def scan_flops(scan: tuple, batch: int, seq_len: int, past: int = 0) -> float:
     """Matmul FLOPs of a hybrid layer's sequence mixing, as the transformers 5.x reference PyTorch paths compute it
-    (what FlopCounterMode sees without the CUDA kernels). From an empty cache (past == 0), over `batch` sequences
-    of S = `seq_len` tokens:
+    (what FlopCounterMode sees without the CUDA kernels).
+
+    >>> scan_flops(("mamba", 128, 8), batch=2, seq_len=12)  # 2 * 2 * 12 * 128 * 8
+    49152.0
+
+    From an empty cache (past == 0), over `batch` sequences of S = `seq_len` tokens:
         mamba      y_t = h_t C_t per step                                   2 B S I N
-        ssd        Mamba-2 chunked scan, c = ceil(S / Q) chunks of Q:       2 B h [c Q^2 (n + p) + 2 c Q p n + (c+1)^2 p n]
+        ssd        Mamba-2 chunked scan, c = ceil(S / Q) chunks of Q:
+                                                   2 B h [c Q^2 (n + p) + 2 c Q p n + (c+1)^2 p n]
         deltanet   gated delta rule, c = ceil(S / Q) chunks of Q (padded): B h c (4 Q^2 d_k + 2 Q^2 d_v + 6 Q d_k d_v)
         lightning  blocks of b <= block tokens:                             sum_blocks B h (4 b^2 d + 4 b d^2)
     After `past` cached tokens, the recurrent (one-token decode) forms, per new token:
@@ -117,7 +129,12 @@ def scan_flops(scan: tuple, batch: int, seq_len: int, past: int = 0) -> float:
 
 
 def conv_flops(conv: tuple | None, batch: int, seq_len: int, past: int = 0) -> float:
-    """FLOPs FlopCounterMode gives a depthwise causal Conv1d of C channels, kernel K: from an empty cache it is padded
+    """FLOPs FlopCounterMode gives a depthwise causal Conv1d of C channels, kernel K.
+
+    >>> conv_flops((128, 4), batch=2, seq_len=12)  # 2 * 2 * (12 + 3) * 4 * 128
+    30720.0
+
+    From an empty cache it is padded
     by K - 1 (S + K - 1 outputs per channel); a cached step convolves the K cached inputs and the S new ones
     unpadded (S + 1 outputs, the reference `causal_conv1d_update`). 2 x outputs x K x C per sequence."""
     if not conv:

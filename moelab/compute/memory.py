@@ -2,7 +2,8 @@
 Memory: weights at a given precision, KV cache, and what fits on a GPU.
 
     weights   = params x bytes/param   fp32 4, bf16/fp16 2, int8 1, int4 0.5
-    KV cache  = 2 (K and V) x layers x kv_heads x head_dim x bytes   per token   (GQA aware)
+    KV cache  = 2 (K and V) x layers x kv_heads x head_dim x bytes   per token   (GQA aware; attention layers
+                only, each with its own heads / window where they differ: hybrids, mimo_v2_flash)
     needed    = weights / num_gpus + batch x context x KV / num_gpus + reserve
 
 int8/int4 are weight-only quantisation of every parameter; their scales/zero-points (about
@@ -63,14 +64,20 @@ def kv_bytes_per_token(config, kv_dtype="bf16") -> float:
     131072
     """
     s = model_shape(config)
-    return 2 * s.layers * s.kv_heads * s.head_dim * dtype_bytes(kv_dtype)
+    return sum(_kv_elements(m) for m in s.layer_mixers) * dtype_bytes(kv_dtype)
+
+
+def _kv_elements(m) -> int:
+    """K and V elements one token adds to one layer's cache: attention layers only (the recurrent / conv state of a
+    hybrid layer is a fixed size per sequence, not per token, and is left out)."""
+    return m.kv_heads * (m.head_dim + m.vd) if m.kind == "attention" else 0
 
 
 def kv_cache_bytes(config, batch: int = 1, context: int = 2048, kv_dtype="bf16") -> float:
-    """KV-cache bytes for `batch` sequences of `context` tokens (capped at a sliding window)."""
+    """KV-cache bytes for `batch` sequences of `context` tokens (each layer capped at its sliding window)."""
     s = model_shape(config)
-    ctx = min(context, s.sliding_window) if s.sliding_window else context
-    return batch * ctx * kv_bytes_per_token(s, kv_dtype)
+    per_token = sum(_kv_elements(m) * (min(context, m.window) if m.window else context) for m in s.layer_mixers)
+    return batch * per_token * dtype_bytes(kv_dtype)
 
 
 def _default_kv_dtype(dtype) -> str:
