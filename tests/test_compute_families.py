@@ -186,3 +186,33 @@ def test_the_capability_matrix_says_yes_only_where_params_and_flops_are_exact():
     assert accounting_check("lfm2_moe") == (True, True, True, [])
     params, flops, flops_as_transformers, notes = accounting_check("llama4_text")  # every expert on every token
     assert (params, flops, flops_as_transformers) == (True, False, True) and "as_transformers=True" in notes[0]
+
+
+# full-size default configs whose model does not build from the defaults (transformers, not moelab): dots1 (empty()
+# with a None size), hunyuan_v1_moe (head_dim None), lfm2_moe (layer_types None)
+FULL_SIZE = sorted(set(FIRST + DEFAULT) - {"dots1", "hunyuan_v1_moe", "lfm2_moe"})
+
+
+@pytest.mark.parametrize("model_type", FULL_SIZE)
+def test_count_params_is_exact_on_the_full_size_default_config(model_type):
+    config = T.AutoConfig.for_model(model_type)
+    if model_type == "deepseek_v2":
+        config.num_experts_per_tok = 6  # its default is None (DeepSeek-V2 routes 6)
+    with torch.device("meta"):  # shapes only: a 671B model in no memory
+        model = T.AutoModelForCausalLM.from_config(config)
+    assert C.count_params(model.config).total == sum(p.numel() for p in model.parameters())
+
+
+def test_jamba_default_config_is_52B_total_12B_active_as_published():
+    # Jamba v0.1 (arXiv:2403.19887, Table 1): 52B available, 12B active; the default JambaConfig is that model
+    p = C.count_params(T.AutoConfig.for_model("jamba"))
+    assert abs(p.total / 52e9 - 1) < 0.02 and abs(p.active / 12e9 - 1) < 0.02
+
+
+def test_a_new_family_config_missing_a_field_names_the_field():
+    from types import SimpleNamespace
+
+    full = tiny_config("glm4_moe").to_dict()
+    cfg = SimpleNamespace(**{k: v for k, v in full.items() if k != "moe_intermediate_size"})
+    with pytest.raises(ValueError, match="has no 'moe_intermediate_size'"):
+        C.count_params(cfg)
