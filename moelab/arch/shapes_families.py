@@ -61,6 +61,9 @@ def _mixers(c, common: dict, *, bias=("q", "k", "v", "o"), qk_norm: str | None =
 
 def _moe(c, common: dict, *, experts: int, top_k: int, expert_width: int, moe_layer, mixers, shared: int = 0,
          num_shared: int | None = None, dense: int = 0, **kw) -> ModelShape:
+    # the shape-wide window only when every attention layer has it (memory.fits caps context with it)
+    windows = {m.window for m in mixers if m.kind == "attention"}
+    common = {**common, "sliding_window": windows.pop() if len(windows) == 1 else None}
     return ModelShape(**common, num_experts=experts, top_k=top_k, expert_intermediate=expert_width,
                       moe_layer=tuple(moe_layer), shared_intermediate=shared,
                       num_shared=(1 if shared else 0) if num_shared is None else num_shared,
