@@ -101,15 +101,17 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("dbrx", ("dbrx",), ("DbrxRouter",), "moe_num_experts", top_k_attr="moe_top_k",
       renormalised="moe_normalize_expert_weights"),
     # DeepSeek-V3 routing (sigmoid, selection bias, groups, routed scaling) under other attention / layer stacks
-    A("axk1", ("axk1",), ("AXK1TopkRouter",), "n_routed_experts", **_DS),
+    A("axk1", ("axk1",), ("AXK1TopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
     A("axk2", ("axk2",), ("AXK2TopkRouter",), "n_routed_experts", **_DS),
-    A("deepseek_v32", ("deepseek_v32",), ("DeepseekV32TopkRouter",), "n_routed_experts", **_DS),
-    A("glm_moe_dsa", ("glm_moe_dsa",), ("GlmMoeDsaTopkRouter",), "n_routed_experts", **_DS),
-    A("sarvam_mla", ("sarvam_mla",), ("DeepseekV3TopkRouter",), "n_routed_experts", **_DS),
+    A("deepseek_v32", ("deepseek_v32",), ("DeepseekV32TopkRouter",), "n_routed_experts",
+      shape=F.mla_moe_shape, **_DS),
+    A("glm_moe_dsa", ("glm_moe_dsa",), ("GlmMoeDsaTopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
+    A("sarvam_mla", ("sarvam_mla",), ("DeepseekV3TopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
     A("hy_v4", ("hy_v4",), ("HYV4TopkRouter",), "n_routed_experts", **_DS),
     A("bailing_hybrid", ("bailing_hybrid",), ("BailingHybridTopkRouter",), "num_experts", **_DS),
     A("kimi_linear", ("kimi_linear",), ("KimiLinearTopkRouter",), "num_experts", **_DS),
-    A("dots3_note", ("dots3_note_text", "dots3_note"), ("Dots3NoteTextTopkRouter",), "n_routed_experts", **_DS),
+    A("dots3_note", ("dots3_note_text", "dots3_note"), ("Dots3NoteTextTopkRouter",), "n_routed_experts",
+      shape=F.mla_moe_shape, **_DS),
     # Inkling: sigmoid logits of the k chosen and the shared experts, normalised together (so the routed
     # weights sum to less than 1), times route_scale and a learned global scale
     A("inkling", ("inkling_text",), ("InklingTopkRouter",), "n_routed_experts", scoring="sigmoid",
@@ -117,7 +119,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("inkling2", ("inkling2_text",), ("Inkling2TopKRouter",), "n_routed_experts", scoring="config-dependent",
       selection_bias=True, scaling_attr="routed_scaling_factor"),
     A("qwen3_5_moe", ("qwen3_5_moe_text", "qwen3_5_moe"), ("Qwen3_5MoeTopKRouter",), "num_experts",
-      shared_attr="shared_expert_intermediate_size", shared_is_width=True),
+      shared_attr="shared_expert_intermediate_size", shared_is_width=True, shape=H.qwen3_next_shape),
     A("qwen4_exp", ("qwen4_exp_text", "qwen4_exp"), ("Qwen4ExpTextTopKRouter",), "num_experts",
       renormalised="norm_topk_prob", shared_attr="shared_expert_intermediate_size", shared_is_width=True),
     # DeepSeek-V4: its first layers (mlp_layer_types "hash_moe") choose experts by a frozen token-id table

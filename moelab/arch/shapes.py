@@ -58,8 +58,11 @@ class Mixer:
     sinks: bool = False  # one learned sink logit per head
     window: int | None = None  # sliding window of this layer (None = full causal)
     mla: tuple[int, int, int, int, int] | None = None  # (q_lora_rank or 0, kv_lora_rank, qk_nope, qk_rope, v_dim)
-    index_heads: int = 0  # sparse-attention indexer (minimax_m3): heads of its q projection, 0 = none
+    index_heads: int = 0  # sparse-attention indexer: heads of its q projection, 0 = none
     index_dim: int = 0  # width of one indexer head (its k projection has one head)
+    index_q_rank: int = 0  # 0: the indexer's q comes from H, q/k RMSNorms (minimax_m3); > 0: DeepSeek sparse
+    #                        attention (DSA): q from the q_lora_rank latent, a k LayerNorm with bias, and a
+    #                        Linear(H, index_heads) weighting the heads' scores (deepseek_v32, glm_moe_dsa, dots3)
     # non-attention mixers (kind != "attention"): closed forms from the modeling file, computed by the reader
     params: int = 0  # every parameter of the mixer
     weights: int = 0  # weights of its per-token matmuls (FLOPs per token = 2 * weights)
@@ -127,6 +130,7 @@ class ModelShape:
     glu: bool = True  # MLPs and experts are gated (gate, up, down); False: up, down only (nemotron_h relu^2)
     dense_experts: bool = False  # the transformers eager experts run every expert on every token, inputs zeroed
     #                              off the top-k (llama4); counted only by forward_flops(as_transformers=True)
+    moe_norms: int = 0  # extra H-wide norms per MoE layer (axk1's post_mlp_layernorm on the MoE output)
     moe_latent: int = 0  # experts work in this width: Linear(H, latent) before, Linear(latent, H) after (nemotron_h)
 
     @property

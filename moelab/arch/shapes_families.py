@@ -98,13 +98,26 @@ def _qwen_rule(c):
 
 
 def mla_moe_shape(c, common: dict) -> ModelShape:
-    """deepseek_v2 (`first_k_dense_replace`; dense / shared-expert biases from `mlp_bias`), glm4_moe_lite
-    (`mlp_layer_types`): DeepSeek-V3 MLA attention (see `moelab.arch.shapes.deepseek_v3_shape`)."""
-    lite = common["model_type"] == "glm4_moe_lite"
-    moe = _sparse_types(c) if lite else _first_k(c)
+    """DeepSeek-V3 MLA attention (see `moelab.arch.shapes.deepseek_v3_shape`) under other layer stacks:
+    deepseek_v2 (dense / shared-expert biases from `mlp_bias`), glm4_moe_lite, sarvam_mla, axk1 (+ a
+    post-MoE RMSNorm), deepseek_v32 and glm_moe_dsa (+ a DSA indexer on every layer), dots3_note_text (+ a
+    RMSNorm on the rotary k, a per-head output gate, a DSA indexer on "indexed_attention" layers, sliding
+    windows). MoE layers from `mlp_layer_types` when the config has them, else `first_k_dense_replace`."""
+    mt, L = common["model_type"], c.num_hidden_layers
+    moe = _sparse_types(c) if getattr(c, "mlp_layer_types", None) else _first_k(c)
     s = deepseek_v3_shape(_Over(c, first_k_dense_replace=0), common)
-    mb = bool(getattr(c, "mlp_bias", False)) and not lite
-    return replace(s, moe_layer=tuple(moe), mlp_bias=mb, shared_bias=mb)
+    mb = bool(getattr(c, "mlp_bias", False)) and mt == "deepseek_v2"
+    kw = dict(moe_layer=tuple(moe), mlp_bias=mb, shared_bias=mb, moe_norms=int(mt == "axk1"))
+    dsa = dict(index_heads=getattr(c, "index_n_heads", 0), index_dim=getattr(c, "index_head_dim", 0),
+               index_q_rank=s.mla[0])
+    if mt in ("deepseek_v32", "glm_moe_dsa"):
+        kw["mixers"] = (replace(s.attention_mixer, **dsa),) * L
+    elif mt == "dots3_note_text":
+        types = c.layer_types
+        kw["mixers"] = tuple(replace(s.attention_mixer, window=_window(c, i), k_norm=c.qk_rope_head_dim,
+                                     gate=common["heads"], **(dsa if types[i] == "indexed_attention" else {}))
+                             for i in range(L))
+    return replace(s, **kw)
 
 
 class _Over:

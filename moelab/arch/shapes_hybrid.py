@@ -131,13 +131,14 @@ def lfm2_moe_shape(c, common: dict) -> ModelShape:
 
 
 def qwen3_next_shape(c, common: dict) -> ModelShape:
-    """Gated DeltaNet on "linear_attention" layers; gated attention (q_proj twice as wide: query and gate) with
+    """qwen3_next, qwen3_5_moe(_text): gated DeltaNet on "linear_attention" layers; gated attention (q_proj twice as wide: query and gate) with
     q/k norm elsewhere; qwen2_moe sparse-layer rule, shared expert with a sigmoid gate."""
     attn = [t != "linear_attention" for t in c.layer_types]
     qd = common["heads"] * common["head_dim"]
     gate_bias = qd if getattr(c, "attention_bias", False) else 0
     return _moe(c, common, experts=c.num_experts, top_k=c.num_experts_per_tok, expert_width=c.moe_intermediate_size,
-                moe_layer=_qwen_rule(c), dense=c.intermediate_size, shared=c.shared_expert_intermediate_size,
+                moe_layer=_qwen_rule(c), dense=getattr(c, "intermediate_size", 0) or 0,  # qwen3_5_moe: no dense layers
+                shared=c.shared_expert_intermediate_size,
                 shared_gate=True, mixers=_attention_or(c, common, lambda: deltanet_mixer(c), attn, qk_norm="head",
                                                        gate=qd, gate_bias=gate_bias))
 

@@ -194,7 +194,8 @@ def forward_flops(
             proj += 2.0 * m.mla[1] * m.heads * (m.mla[2] + m.mla[4]) * batch * past
         keys = batch * _keys_sum(seq_len, past, causal_skip, m.window)
         qk_dim, v_dim = (m.mla[2] + m.mla[3], m.mla[4]) if m.mla else (m.head_dim, m.vd)
-        attn_qk += 2.0 * (m.heads * qk_dim * keys + m.index_heads * m.index_dim * batch * seq_len * (past + seq_len))
+        index_width = m.index_dim + (1 if m.index_q_rank else 0)  # DSA also weights the heads: [1, h] @ [h, keys]
+        attn_qk += 2.0 * (m.heads * qk_dim * keys + m.index_heads * index_width * batch * seq_len * (past + seq_len))
         attn_av += 2.0 * m.heads * v_dim * keys
     n_logits = {"all": T, "last": batch, "none": 0}[logits]
     g = 3 if s.glu else 2  # matmuls per MLP: gate, up, down (or up, down)

@@ -93,10 +93,18 @@ def mixer_weights(m: Mixer, hidden: int) -> int:
     if m.mla is not None:  # q_a/q_b (or q), kv_a_with_mqa, kv_b, o (DeepSeek-V3 MLA)
         q_rank, kv_rank, nope, rope, v = m.mla
         q = H * q_rank + q_rank * m.heads * (nope + rope) if q_rank else H * m.heads * (nope + rope)
-        return q + H * (kv_rank + rope) + kv_rank * m.heads * (nope + v) + m.heads * v * H
+        return q + H * (kv_rank + rope) + kv_rank * m.heads * (nope + v) + m.heads * v * H + _indexer_weights(m, H) \
+            + H * m.gate
     q, k, v = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.kv_heads * m.vd
-    index = H * m.index_heads * m.index_dim + H * m.index_dim
-    return H * q + H * k + H * v + m.heads * m.vd * H + H * m.gate + index
+    return H * q + H * k + H * v + m.heads * m.vd * H + H * m.gate + _indexer_weights(m, H)
+
+
+def _indexer_weights(m: Mixer, H: int) -> int:
+    if not m.index_heads:
+        return 0
+    if m.index_q_rank:  # DSA: wq_b (q_rank -> heads x dim), wk (H -> dim), weights_proj (H -> heads)
+        return m.index_q_rank * m.index_heads * m.index_dim + H * m.index_dim + H * m.index_heads
+    return H * m.index_heads * m.index_dim + H * m.index_dim  # q_proj, k_proj (minimax_m3)
 
 
 def mixer_params(m: Mixer, hidden: int) -> int:
@@ -107,7 +115,7 @@ def mixer_params(m: Mixer, hidden: int) -> int:
     if m.mla is not None:
         q_rank, kv_rank, nope, rope, v = m.mla
         return n + (q_rank * (1 + m.q_bias) if q_rank else 0) + kv_rank + (kv_rank + rope) * m.k_bias \
-            + hidden * m.o_bias
+            + hidden * m.o_bias + 2 * m.index_dim * (m.index_heads > 0) + m.k_norm + m.heads * m.sinks
     n += m.heads * m.head_dim * m.q_bias + m.kv_heads * m.head_dim * m.k_bias + m.kv_heads * m.vd * m.v_bias
     n += hidden * m.o_bias + m.q_norm + m.k_norm + m.heads * m.sinks + m.gate_bias
     return n + 2 * m.index_dim * (m.index_heads > 0)  # indexer q_norm and k_norm
@@ -154,7 +162,7 @@ def count_params(config) -> ParamCount:
     shared = n_moe * (_swiglu(H, s.shared_intermediate, s.shared_bias and s.shared_intermediate > 0, s.glu)
                       + (H if s.shared_gate else 0))
     dense = n_dense * _swiglu(H, s.dense_intermediate, s.mlp_bias, s.glu)
-    norms = (s.layer_norms * L + 1) * norm
+    norms = (s.layer_norms * L + 1 + s.moe_norms * n_moe) * norm
     head = (0 if s.tied else V * H) + (V if s.lm_head_bias else 0)
 
     full = lambda n: Count(n, n)  # noqa: E731
