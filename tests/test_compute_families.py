@@ -21,7 +21,10 @@ DEFAULT = ["deepseek_v2", "glm4_moe", "sarvam_moe", "glm4_moe_lite", "dots1", "e
            "minimax_m2", "minimax_m3_vl_text", "solar_open",
            # hybrids: Mamba (jamba), Mamba-2 (granitemoehybrid, nemotron_h), short conv (lfm2_moe),
            # gated DeltaNet (qwen3_next, lara_mini), lightning attention (minimax)
-           "jamba", "granitemoehybrid", "nemotron_h", "lfm2_moe", "qwen3_next", "lara_mini", "minimax"]
+           "jamba", "granitemoehybrid", "nemotron_h", "lfm2_moe", "qwen3_next", "lara_mini", "minimax",
+           # traced later: MLA stacks (DeepSeek sparse-attention indexer on deepseek_v32, glm_moe_dsa, dots3_note),
+           # qwen3_5_moe (gated DeltaNet), dbrx (fused Wqkv, sub-config sizes)
+           "sarvam_mla", "axk1", "deepseek_v32", "glm_moe_dsa", "dots3_note_text", "qwen3_5_moe_text", "dbrx"]
 
 # per model type: config fields set on the tiny config to switch on what the default leaves off
 VARIANTS = {
@@ -61,6 +64,9 @@ VARIANTS = {
     "qwen3_next": dict(attention_bias=True, decoder_sparse_step=2, linear_num_value_heads=4, linear_num_key_heads=2),
     "lara_mini": dict(attention_bias=True, linear_key_head_dim=8),
     "minimax": dict(block_size=16),
+    "deepseek_v32": dict(attention_bias=True, first_k_dense_replace=2),
+    "dots3_note_text": dict(attention_bias=True, layer_types=["indexed_attention", "sliding_attention"] * 2),
+    "qwen3_5_moe_text": dict(attention_bias=True),
 }
 CASES = [(mt, False) for mt in DEFAULT] + [(mt, True) for mt in VARIANTS]
 
@@ -72,7 +78,8 @@ def _measured(model_type: str, variant: bool):
     for k, v in (VARIANTS[model_type] if variant else {}).items():
         setattr(cfg.get_text_config(), k, v)
     torch.manual_seed(0)
-    model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", experts_implementation="eager").eval()
+    model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", experts_implementation="eager")
+    model.eval().requires_grad_(False)  # FlopCounterMode's module tracker trips on dbrx's views of trainable weights
     S = 70 if variant else 12
     ids = torch.randint(3, 100, (2, S), generator=torch.Generator().manual_seed(1))
     with FlopCounterMode(display=False) as fc, torch.no_grad():
@@ -105,7 +112,7 @@ def _active_by_gradient(model) -> int:
     return sum(p.numel() for p in model.parameters()) - unused
 
 
-@pytest.mark.parametrize("model_type", DEFAULT)
+@pytest.mark.parametrize("model_type", [mt for mt in DEFAULT if mt != "dbrx"])  # dbrx stores experts as (E*I, H)
 def test_active_params_equal_what_one_token_touches(model_type):
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="eager",
@@ -123,7 +130,7 @@ def _decode_step(model_type: str):
     """(config, FlopCounterMode total of one 2 x 1-token step after a 2 x 12-token prompt filled the cache)."""
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="eager",
-                                               experts_implementation="eager").eval()
+                                               experts_implementation="eager").eval().requires_grad_(False)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         cache = model(torch.randint(3, 100, (2, 12), generator=g), use_cache=True).past_key_values
@@ -165,7 +172,7 @@ def test_llama4_prefill_flops_equal_flop_counter_mode_counting_what_transformers
 
 
 def test_every_traced_model_type_has_a_shape_reader():
-    assert set(FIRST + DEFAULT + ["llama4"]) <= set(C.SUPPORTED_MODEL_TYPES)
+    assert set(FIRST + DEFAULT + ["llama4", "qwen3_5_moe", "dots3_note"]) <= set(C.SUPPORTED_MODEL_TYPES)
 
 
 @pytest.mark.parametrize("model_type", ["jamba", "qwen3_next", "lfm2_moe", "nemotron_h", "mimo_v2_flash", "laguna",
@@ -189,8 +196,9 @@ def test_the_capability_matrix_says_yes_only_where_params_and_flops_are_exact():
 
 
 # full-size default configs whose model does not build from the defaults (transformers, not moelab): dots1 (empty()
-# with a None size), hunyuan_v1_moe (head_dim None), lfm2_moe (layer_types None)
-FULL_SIZE = sorted(set(FIRST + DEFAULT) - {"dots1", "hunyuan_v1_moe", "lfm2_moe"})
+# with a None size), hunyuan_v1_moe (head_dim None), lfm2_moe (layer_types None), dbrx (attn_config has no
+# rope_theta). dots3_note_text's full-size config sets heads and MLA ranks per layer (config.per_layer_config).
+FULL_SIZE = sorted(set(FIRST + DEFAULT) - {"dots1", "hunyuan_v1_moe", "lfm2_moe", "dbrx"})
 
 
 @pytest.mark.parametrize("model_type", FULL_SIZE)

@@ -195,7 +195,7 @@ def accounting_check(model_type: str) -> tuple[bool, bool, bool, list[str]]:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="eager",
-                                             experts_implementation="eager").eval()
+                                             experts_implementation="eager").eval().requires_grad_(False)
     ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(1))
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(ids)

@@ -29,6 +29,17 @@ class _Strict:
         return value
 
 
+class _Layer0:
+    """A heterogeneous config seen with its per-layer fields taken from layer 0 (`per_layer_config` passes through)."""
+
+    def __init__(self, config, values: dict):
+        self.__dict__.update(_c=config, _v=values)
+
+    def __getattr__(self, name):
+        v = self.__dict__["_v"]
+        return v[name] if name in v else getattr(self.__dict__["_c"], name)
+
+
 def _readers() -> dict:
     out = dict(DENSE_READERS)
     for a in ADAPTERS:
@@ -69,6 +80,14 @@ def model_shape(config) -> ModelShape:
             "Add a shape reader to moelab/arch/shapes.py and name it in the architecture's Adapter(shape=...), "
             "with a test against model.parameters()."
         )
+    spec = getattr(c, "__dict__", {}).get("_heterogeneity_spec")
+    if spec is not None and spec.per_layer_attributes:  # fields that differ between layers (dots3_note)
+        if not getattr(reader, "per_layer", False):
+            raise ValueError(f"{type(c).__name__} (model_type={mt!r}) sets {sorted(spec.per_layer_attributes)} per "
+                             f"layer; the {reader.__name__} reader of moelab.compute reads one value for all layers. "
+                             "Give it a homogeneous config, or teach the reader config.per_layer_config[i].")
+        first = c.per_layer_config[0]  # the shape-wide fields take layer 0; the reader reads every layer's own
+        c = _Layer0(c, {k: getattr(first, k) for k in spec.per_layer_attributes})
     try:
         return reader(_Strict(c), common_fields(c, mt))
     except AttributeError as e:

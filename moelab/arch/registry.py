@@ -99,7 +99,7 @@ ADAPTERS: tuple[Adapter, ...] = (
       renormalised="norm_topk_prob", scaling_attr="routed_scaling_factor", shape=H.lfm2_moe_shape),
     # DBRX: the router returns only the logits; the block does softmax -> top-k -> p-norm (p = 1 by default)
     A("dbrx", ("dbrx",), ("DbrxRouter",), "moe_num_experts", top_k_attr="moe_top_k",
-      renormalised="moe_normalize_expert_weights"),
+      renormalised="moe_normalize_expert_weights", shape=F.dbrx_shape),
     # DeepSeek-V3 routing (sigmoid, selection bias, groups, routed scaling) under other attention / layer stacks
     A("axk1", ("axk1",), ("AXK1TopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
     A("axk2", ("axk2",), ("AXK2TopkRouter",), "n_routed_experts", **_DS),

@@ -113,11 +113,21 @@ def mla_moe_shape(c, common: dict) -> ModelShape:
     if mt in ("deepseek_v32", "glm_moe_dsa"):
         kw["mixers"] = (replace(s.attention_mixer, **dsa),) * L
     elif mt == "dots3_note_text":
-        types = c.layer_types
-        kw["mixers"] = tuple(replace(s.attention_mixer, window=_window(c, i), k_norm=c.qk_rope_head_dim,
-                                     gate=common["heads"], **(dsa if types[i] == "indexed_attention" else {}))
-                             for i in range(L))
+        types, per_layer = c.layer_types, getattr(c, "per_layer_config", None)  # full-size dots3: heads, ranks vary
+        q_rank, _, _, rope, v = s.mla
+
+        def layer(i):
+            lc = per_layer[i] if per_layer is not None else c
+            heads, nope = lc.num_attention_heads, lc.qk_nope_head_dim
+            return dict(heads=heads, kv_heads=heads, head_dim=nope + rope, mla=(q_rank, lc.kv_lora_rank, nope, rope, v),
+                        window=_window(c, i), k_norm=rope, gate=heads,
+                        **(dsa if types[i] == "indexed_attention" else {}))
+
+        kw["mixers"] = tuple(replace(s.attention_mixer, **layer(i)) for i in range(L))
     return replace(s, **kw)
+
+
+mla_moe_shape.per_layer = True  # reads config.per_layer_config where a config has one (dots3_note)
 
 
 class _Over:
@@ -290,3 +300,12 @@ def solar_open_shape(c, common: dict) -> ModelShape:
     return _moe(c, common, experts=c.n_routed_experts, top_k=c.num_experts_per_tok,
                 expert_width=c.moe_intermediate_size, moe_layer=_all(c), shared=c.moe_intermediate_size * ns,
                 num_shared=ns, mixers=_mixers(c, common, bias="qkv"))
+
+
+def dbrx_shape(c, common: dict) -> ModelShape:
+    """Fused Wqkv, LayerNorms without bias (one weight each), every layer MoE; the sizes live in the sub-configs
+    `attn_config` (kv_n_heads) and `ffn_config` (moe_num_experts, moe_top_k, ffn_hidden_size)."""
+    ffn, attn = c.ffn_config, c.attn_config
+    common = {**common, "kv_heads": attn.kv_n_heads}
+    return _moe(c, common, experts=ffn.moe_num_experts, top_k=ffn.moe_top_k, expert_width=ffn.ffn_hidden_size,
+                moe_layer=_all(c), mixers=_mixers(c, common, bias=()))
