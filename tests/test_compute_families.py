@@ -224,3 +224,9 @@ def test_a_new_family_config_missing_a_field_names_the_field():
     cfg = SimpleNamespace(**{k: v for k, v in full.items() if k != "moe_intermediate_size"})
     with pytest.raises(ValueError, match="has no 'moe_intermediate_size'"):
         C.count_params(cfg)
+
+
+def test_every_traced_model_type_without_a_shape_reader_says_why():
+    from moelab.arch.capabilities import NO_ACCOUNTING, adapter_model_types
+
+    assert set(adapter_model_types()) - set(C.SUPPORTED_MODEL_TYPES) == set(NO_ACCOUNTING)

@@ -131,8 +131,9 @@ def lfm2_moe_shape(c, common: dict) -> ModelShape:
 
 
 def qwen3_next_shape(c, common: dict) -> ModelShape:
-    """qwen3_next, qwen3_5_moe(_text): gated DeltaNet on "linear_attention" layers; gated attention (q_proj twice as wide: query and gate) with
-    q/k norm elsewhere; qwen2_moe sparse-layer rule, shared expert with a sigmoid gate."""
+    """qwen3_next, qwen3_5_moe(_text): gated DeltaNet on "linear_attention" layers; gated attention (q_proj twice
+    as wide: query and gate) with q/k norm elsewhere; qwen2_moe sparse-layer rule, shared expert with a sigmoid
+    gate."""
     attn = [t != "linear_attention" for t in c.layer_types]
     qd = common["heads"] * common["head_dim"]
     gate_bias = qd if getattr(c, "attention_bias", False) else 0
