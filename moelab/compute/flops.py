@@ -14,7 +14,8 @@ Per token and layer, with H hidden, h query heads of width d, g KV heads, I_e ex
     router             2 * H * E
     experts            2 * k * 3 * H * I_e                  top-k SwiGLU experts
     shared_experts     2 * 3 * H * I_s + 2 * H              (qwen2_moe)
-    dense_mlp          2 * 3 * H * I                        (dense layers)
+    dense_mlp          2 * 3 * H * I                        (dense layers; 2 * 2 * H * I for relu^2 MLPs)
+    mixer              hybrid layers: 2 * projection weights + `conv_flops` + `scan_flops`
 and once per token that produces logits: head = 2 * H * V.
 Per-layer differences (output gates, per-layer heads or KV heads, sinks, MLA, a sparse-attention
 indexer) come from the layer's `Mixer` (moelab.arch.shapes). Hybrid layers (Mamba, Mamba-2, gated
@@ -56,7 +57,7 @@ class FlopBreakdown:
     attention_proj: float = 0.0
     attention_scores: float = 0.0  # Q K^T
     attention_values: float = 0.0  # A V
-    mixer: float = 0.0  # projections of the recurrent / conv mixers of hybrid layers (Mamba, linear attention)
+    mixer: float = 0.0  # recurrent / conv mixers of hybrid layers: projections, depthwise conv, scan matmuls
     router: float = 0.0
     experts: float = 0.0
     shared_experts: float = 0.0

@@ -86,7 +86,11 @@ def _swiglu(h: int, i: int, bias: bool = False, glu: bool = True) -> int:
 
 
 def mixer_weights(m: Mixer, hidden: int) -> int:
-    """Per-token matmul weights of ONE layer's token mixer (projections; no biases or norms)."""
+    """Per-token matmul weights of ONE layer's token mixer (projections; no biases or norms).
+
+    >>> mixer_weights(Mixer(heads=2, kv_heads=1, head_dim=4), hidden=8)  # q 8x8, k 8x4, v 8x4, o 8x8
+    192
+    """
     if m.kind != "attention":
         return m.weights
     H = hidden
@@ -108,7 +112,11 @@ def _indexer_weights(m: Mixer, H: int) -> int:
 
 
 def mixer_params(m: Mixer, hidden: int) -> int:
-    """Parameters of ONE layer's token mixer (projections, biases, q/k norms, sinks, gates)."""
+    """Parameters of ONE layer's token mixer (projections, biases, q/k norms, sinks, gates).
+
+    >>> mixer_params(Mixer(heads=2, kv_heads=1, head_dim=4, q_norm=4, k_norm=4, sinks=True), hidden=8)  # 192 + 8 + 2
+    202
+    """
     if m.kind != "attention":
         return m.params
     n = mixer_weights(m, hidden)
