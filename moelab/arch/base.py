@@ -50,7 +50,8 @@ class Adapter:
     shared_is_width: bool = False    # shared_attr holds a width (qwen2_moe): one shared expert if > 0
     scaling_attr: str | None = None  # config attribute of a factor the weights are multiplied by
     group_attrs: tuple[str, str] | None = None  # (number of groups, groups kept per token)
-    selection_bias: bool = False     # a bias added to the scores for selection only (DeepSeek-V3)
+    selection_bias: bool | str = False  # a bias added to the scores for selection only (DeepSeek-V3);
+    #                                     bool, or the config attribute that switches it on (lfm2_moe)
     shape: Callable | None = field(default=None, compare=False, repr=False)  # config -> ModelShape
     min_transformers: str = "5.0"    # first version with this architecture's 5.x router
 
@@ -103,11 +104,16 @@ class Adapter:
         n, kept = (getattr(config, a, None) for a in self.group_attrs)
         return (int(n), int(kept)) if n and kept and int(n) > 1 else None
 
+    def has_selection_bias(self, config) -> bool:
+        if isinstance(self.selection_bias, bool):
+            return self.selection_bias
+        return bool(_get(config, self.selection_bias, False))
+
     def routing_meta(self, config) -> dict:
         """How this architecture routes, for the trace's metadata."""
         return {"scoring": self.scoring, "renormalised": self.is_renormalised(config),
                 "groups": self.groups(config), "shared_experts": self.num_shared(config),
-                "routed_scaling": self.scaling(config), "selection_bias": self.selection_bias,
+                "routed_scaling": self.scaling(config), "selection_bias": self.has_selection_bias(config),
                 "weights_multiply": "input" if self.record == "router" else "output"}
 
 

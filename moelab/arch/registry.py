@@ -64,7 +64,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("flex_olmo", ("flex_olmo",), ("FlexOlmoTopKRouter",), "num_experts", renormalised="norm_topk_prob",
       shape=F.olmo_style_shape),
     # newer families: the standard 5.x (logits, weights, index) router and experts(hidden, index, weights)
-    A("afmoe", ("afmoe",), ("AfmoeTokenChoiceRouter",), "num_experts", scoring="sigmoid",
+    A("afmoe", ("afmoe",), ("AfmoeTokenChoiceRouter",), "num_experts", scoring="sigmoid", selection_bias=True,
       shared_attr="num_shared_experts", scaling_attr="route_scale", shape=F.afmoe_shape),
     A("aria", ("aria_text",), ("AriaTextTopKRouter",), "moe_num_experts", top_k_attr="moe_topk",
       shared_attr="moe_num_shared_experts", shape=F.aria_text_shape),
@@ -80,9 +80,10 @@ ADAPTERS: tuple[Adapter, ...] = (
       scoring="softmax_topk", shape=F.granitemoe_shape),
     A("hy_v3", ("hy_v3",), ("HYV3TopKRouter",), "num_experts", scoring="sigmoid", selection_bias=True,
       shape=F.hy_v3_shape),
+    # Kolibri: selects on logits + bias, then weights the chosen by sigmoid(logits) (moelab.arch.scores)
     A("kolibri1", ("kolibri1",), ("Kolibri1TopKRouter",), "num_experts", scoring="sigmoid", selection_bias=True,
       renormalised="norm_topk_prob", shape=F.kolibri1_shape),
-    A("laguna", ("laguna",), ("LagunaTopKRouter",), "num_experts", scoring="config-dependent", selection_bias=True,
+    A("laguna", ("laguna",), ("LagunaTopKRouter",), "num_experts", scoring="sigmoid", selection_bias=True,
       shape=F.laguna_shape),
     A("lara_mini", ("lara_mini",), ("LaraMiniTopKRouter",), "num_experts", renormalised="norm_topk_prob",
       shape=H.lara_mini_shape),
@@ -92,16 +93,19 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("minimax_m2", ("minimax_m2",), ("MiniMaxM2TopKRouter",), "num_local_experts", scoring="sigmoid",
       selection_bias=True, shape=F.olmo_style_shape),
     A("minimax_m3_vl", ("minimax_m3_vl_text",), ("MiniMaxM3VLTopKRouter",), "num_local_experts",
-      scoring="config-dependent", selection_bias=True, shape=F.minimax_m3_shape),
+      scoring="sigmoid", selection_bias=True, shape=F.minimax_m3_shape),
     A("nemotron_h", ("nemotron_h",), ("NemotronHTopkRouter",), "n_routed_experts", shape=H.nemotron_h_shape, **_DS),
     A("solar_open", ("solar_open",), ("SolarOpenTopkRouter",), "n_routed_experts", shape=F.solar_open_shape, **_DS),
     A("lfm2_moe", ("lfm2_moe",), ("Lfm2MoeTopKRouter",), "num_experts", scoring="sigmoid",
-      renormalised="norm_topk_prob", scaling_attr="routed_scaling_factor", shape=H.lfm2_moe_shape),
-    # DBRX: the router returns only the logits; the block does softmax -> top-k -> p-norm (p = 1 by default)
+      selection_bias="use_expert_bias", renormalised="norm_topk_prob", scaling_attr="routed_scaling_factor", shape=H.lfm2_moe_shape),
+    # DBRX: the router returns only the logits; the block does softmax -> top-k -> p-norm (p = 1 by default).
+    # moe_normalize_expert_weights is that p: 1 sums the weights to 1, None leaves them, 2 makes unit L2 norm
+    # (the metadata then says renormalised although the weights do not sum to 1)
     A("dbrx", ("dbrx",), ("DbrxRouter",), "moe_num_experts", top_k_attr="moe_top_k",
       renormalised="moe_normalize_expert_weights", shape=F.dbrx_shape),
     # DeepSeek-V3 routing (sigmoid, selection bias, groups, routed scaling) under other attention / layer stacks
     A("axk1", ("axk1",), ("AXK1TopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
+    # A.X-K2: n_group / topk_group default to None (plain top-k); grouped, it masks other groups to 0.0, not -inf
     A("axk2", ("axk2",), ("AXK2TopkRouter",), "n_routed_experts", **_DS),
     A("deepseek_v32", ("deepseek_v32",), ("DeepseekV32TopkRouter",), "n_routed_experts",
       shape=F.mla_moe_shape, **_DS),
@@ -123,7 +127,8 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("qwen4_exp", ("qwen4_exp_text", "qwen4_exp"), ("Qwen4ExpTextTopKRouter",), "num_experts",
       renormalised="norm_topk_prob", shared_attr="shared_expert_intermediate_size", shared_is_width=True),
     # DeepSeek-V4: its first layers (mlp_layer_types "hash_moe") choose experts by a frozen token-id table
-    # (tid2eid) and weight them by the gate's scores; the experts receive (index, weights) on every layer
+    # (tid2eid) and weight them by the gate's scores; the experts receive (index, weights) on every layer.
+    # selection_bias and top-k hold on its "moe" layers only; scoring is config.scoring_func (sqrtsoftplus)
     A("deepseek_v4", ("deepseek_v4",), ("DeepseekV4TopKRouter", "DeepseekV4HashRouter"), "n_routed_experts",
       scoring="config-dependent", selection_bias=True, shared_attr=1, scaling_attr="routed_scaling_factor"),
     # Gemma 4: an optional MoE block (config.enable_moe_block) beside each layer's dense MLP, which runs for every

@@ -193,7 +193,7 @@ def selection_rule(adapter: Adapter, config) -> SelectionRule:
         raise UnsupportedModelError(
             f"scores=True: the {adapter.name!r} adapter's scoring is {adapter.scoring!r} and moelab.arch.scores has "
             "no rule for it; add one to RULES (read the router's forward in its modeling file)")
-    return SelectionRule(_FN[adapter.scoring], bias=adapter.selection_bias, groups=adapter.groups(config))
+    return SelectionRule(_FN[adapter.scoring], bias=adapter.has_selection_bias(config), groups=adapter.groups(config))
 
 
 def router_rule(adapter: Adapter, config, router: Router) -> SelectionRule:
