@@ -24,7 +24,9 @@ DEFAULT = ["deepseek_v2", "glm4_moe", "sarvam_moe", "glm4_moe_lite", "dots1", "e
            "jamba", "granitemoehybrid", "nemotron_h", "lfm2_moe", "qwen3_next", "lara_mini", "minimax",
            # traced later: MLA stacks (DeepSeek sparse-attention indexer on deepseek_v32, glm_moe_dsa, dots3_note),
            # qwen3_5_moe (gated DeltaNet), dbrx (fused Wqkv, sub-config sizes)
-           "sarvam_mla", "axk1", "deepseek_v32", "glm_moe_dsa", "dots3_note_text", "qwen3_5_moe_text", "dbrx"]
+           "sarvam_mla", "axk1", "deepseek_v32", "glm_moe_dsa", "dots3_note_text", "qwen3_5_moe_text", "dbrx",
+           # Kimi delta attention (KDA) beside MLA layers (moelab.arch.shapes_linear)
+           "kimi_linear", "bailing_hybrid"]
 
 # per model type: config fields set on the tiny config to switch on what the default leaves off
 VARIANTS = {
@@ -67,6 +69,10 @@ VARIANTS = {
     "deepseek_v32": dict(attention_bias=True, first_k_dense_replace=2),
     "dots3_note_text": dict(attention_bias=True, layer_types=["indexed_attention", "sliding_attention"] * 2),
     "qwen3_5_moe_text": dict(attention_bias=True),
+    "kimi_linear": dict(attention_bias=True, q_lora_rank=16, n_shared_experts=2, linear_num_heads=4,
+                        linear_head_dim=8, mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
+    "bailing_hybrid": dict(attention_bias=True, q_lora_rank=16, n_shared_experts=2, linear_num_heads=4,
+                           linear_head_dim=8, kda_safe_gate=False, mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
 }
 CASES = [(mt, False) for mt in DEFAULT] + [(mt, True) for mt in VARIANTS]
 

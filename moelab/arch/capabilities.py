@@ -32,8 +32,6 @@ NO_ACCOUNTING: dict[str, str] = {
     "deepseek_v4": "hyper-connections, a KV compressor with its own indexer and grouped o_a/o_b projections",
     "qwen4_exp": "hyper-connections around every block and a q/k indexer not modelled",
     "qwen4_exp_text": "hyper-connections around every block and a q/k indexer not modelled",
-    "kimi_linear": "Kimi delta attention (KDA) layers: no closed form for their parameters and scan yet",
-    "bailing_hybrid": "linear-attention layers with a forget gate and short convs: no closed form yet",
     "inkling_text": "short convs on q/k/v and the residual stream, relative-position logits, a shared-expert gate",
     "inkling2_text": "short convs, learned mixing queries, a sink projection and relative-position bias layers",
     "gemma4": "per-layer input embeddings, KV sharing across layers, k = v attention and a dense MLP beside "

@@ -20,6 +20,7 @@ from __future__ import annotations
 from . import shapes as S
 from . import shapes_families as F
 from . import shapes_hybrid as H
+from . import shapes_linear as LIN
 from .base import Adapter
 
 A = Adapter
@@ -112,8 +113,9 @@ ADAPTERS: tuple[Adapter, ...] = (
     A("glm_moe_dsa", ("glm_moe_dsa",), ("GlmMoeDsaTopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
     A("sarvam_mla", ("sarvam_mla",), ("DeepseekV3TopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
     A("hy_v4", ("hy_v4",), ("HYV4TopkRouter",), "n_routed_experts", **_DS),
-    A("bailing_hybrid", ("bailing_hybrid",), ("BailingHybridTopkRouter",), "num_experts", **_DS),
-    A("kimi_linear", ("kimi_linear",), ("KimiLinearTopkRouter",), "num_experts", **_DS),
+    A("bailing_hybrid", ("bailing_hybrid",), ("BailingHybridTopkRouter",), "num_experts", shape=LIN.kda_moe_shape,
+      **_DS),
+    A("kimi_linear", ("kimi_linear",), ("KimiLinearTopkRouter",), "num_experts", shape=LIN.kda_moe_shape, **_DS),
     A("dots3_note", ("dots3_note_text", "dots3_note"), ("Dots3NoteTextTopkRouter",), "n_routed_experts",
       shape=F.mla_moe_shape, **_DS),
     # Inkling: sigmoid logits of the k chosen and the shared experts, normalised together (so the routed

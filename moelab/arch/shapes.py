@@ -70,6 +70,8 @@ class Mixer:
     scan: tuple = ()  # the sequence mixing's matmul sizes (moelab.compute.flops.scan_flops): ("mamba", inner, state),
     #                   ("ssd", chunk, heads, head_dim, state), ("deltanet", chunk, heads, k_dim, v_dim),
     #                   ("lightning", block, heads, head_dim); () = none
+    #                   moelab.arch.shapes_linear adds kind "kda" (Kimi delta attention) with scan
+    #                   ("kda", chunk, heads, k_dim, v_dim) (moelab.compute.flops.LINEAR_SCANS)
 
     @property
     def vd(self) -> int:

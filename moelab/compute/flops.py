@@ -126,7 +126,34 @@ def scan_flops(scan: tuple, batch: int, seq_len: int, past: int = 0) -> float:
             return 4.0 * B * S * h * d * d
         sizes = [min(block, S - i) for i in range(0, S, block)]
         return float(sum(B * h * (4 * b * b * d + 4 * b * d * d) for b in sizes))
-    raise ValueError(f"unknown scan kind {kind!r} in {scan!r}; known: mamba, ssd, deltanet, lightning")
+    if kind in LINEAR_SCANS:  # the families of moelab.arch.shapes_linear
+        return LINEAR_SCANS[kind](scan, B, S, past)
+    raise ValueError(f"unknown scan kind {kind!r} in {scan!r}; known: mamba, ssd, deltanet, lightning, "
+                     f"{', '.join(LINEAR_SCANS)}")
+
+
+def kda_scan_flops(scan: tuple, batch: int, seq_len: int, past: int = 0) -> float:
+    """Matmul FLOPs of Kimi delta attention (KDA: kimi_linear, bailing_hybrid), the transformers 5.x reference
+    `chunk_kimi_delta_attention` from an empty cache, c = ceil(S / Q) chunks of Q (padded), per sequence and head:
+
+    >>> kda_scan_flops(("kda", 64, 2, 16, 16), batch=1, seq_len=70)  # 1 x 2 heads x 2 chunks x (2 Q^2 16 + 4 Q^2 16 + 6 Q 16^2)
+    1966080.0
+
+        attn @ v_beta, attn @ (k_beta * exp g)                           2 c Q^2 (d_v + d_k)
+        per chunk: (q exp g) @ S, k_cumdecay @ S, attn_intra @ v_new,
+                   (k exp(..))^T @ v_new                                 c (6 Q d_k d_v + 2 Q^2 d_v)
+    so B h c (2 Q^2 d_k + 4 Q^2 d_v + 6 Q d_k d_v). The per-channel decay makes the intra-chunk scores
+    (k_beta k^T, q k^T with the decay mask) broadcast products and sums, which FlopCounterMode does not count;
+    the one-token recurrent step (past > 0) is elementwise too: 0.
+    """
+    _, Q, h, dk, dv = scan
+    if past:
+        return 0.0
+    c = -(-seq_len // Q)
+    return float(batch * h * c * (2 * Q * Q * dk + 4 * Q * Q * dv + 6 * Q * dk * dv))
+
+
+LINEAR_SCANS = {"kda": kda_scan_flops}  # scan kind -> FLOPs(scan, batch, seq_len, past), see `scan_flops`
 
 
 def conv_flops(conv: tuple | None, batch: int, seq_len: int, past: int = 0) -> float:
