@@ -25,8 +25,9 @@ DEFAULT = ["deepseek_v2", "glm4_moe", "sarvam_moe", "glm4_moe_lite", "dots1", "e
            # traced later: MLA stacks (DeepSeek sparse-attention indexer on deepseek_v32, glm_moe_dsa, dots3_note),
            # qwen3_5_moe (gated DeltaNet), dbrx (fused Wqkv, sub-config sizes)
            "sarvam_mla", "axk1", "deepseek_v32", "glm_moe_dsa", "dots3_note_text", "qwen3_5_moe_text", "dbrx",
-           # Kimi delta attention (KDA) beside MLA layers (moelab.arch.shapes_linear)
-           "kimi_linear", "bailing_hybrid"]
+           # Kimi delta attention (KDA) beside MLA layers; MLA with a fused q + output gate, DSA indexer and gated
+           # norms; compressed sparse attention with hyper-connections (moelab.arch.shapes_linear)
+           "kimi_linear", "bailing_hybrid", "axk2", "deepseek_v4"]
 
 # per model type: config fields set on the tiny config to switch on what the default leaves off
 VARIANTS = {
@@ -72,7 +73,15 @@ VARIANTS = {
     "kimi_linear": dict(attention_bias=True, q_lora_rank=16, n_shared_experts=2, linear_num_heads=4,
                         linear_head_dim=8, mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
     "bailing_hybrid": dict(attention_bias=True, q_lora_rank=16, n_shared_experts=2, linear_num_heads=4,
-                           linear_head_dim=8, kda_safe_gate=False, mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
+                           linear_head_dim=8, kda_safe_gate=False,
+                           mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
+    "axk2": dict(attention_bias=True, n_shared_experts=2, gated_norm_rank=8, index_n_heads=4, index_head_dim=16,
+                 index_topk=8, n_group=2, topk_group=1, mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
+    "deepseek_v4": dict(layer_types=["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention",
+                                     "compressed_sparse_attention"],
+                        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 8},
+                        mlp_bias=True, hc_mult=2, o_groups=2, o_lora_rank=16, index_n_heads=4, index_head_dim=16,
+                        sliding_window=16, mlp_layer_types=["hash_moe", "hash_moe", "moe", "moe"]),
 }
 CASES = [(mt, False) for mt in DEFAULT] + [(mt, True) for mt in VARIANTS]
 
@@ -118,7 +127,8 @@ def _active_by_gradient(model) -> int:
     return sum(p.numel() for p in model.parameters()) - unused
 
 
-@pytest.mark.parametrize("model_type", [mt for mt in DEFAULT if mt != "dbrx"])  # dbrx stores experts as (E*I, H)
+# dbrx stores experts as (E*I, H); deepseek_v4's hash layers route by a token-id table that is all zeros untrained
+@pytest.mark.parametrize("model_type", [mt for mt in DEFAULT if mt not in ("dbrx", "deepseek_v4")])
 def test_active_params_equal_what_one_token_touches(model_type):
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="eager",
@@ -126,6 +136,35 @@ def test_active_params_equal_what_one_token_touches(model_type):
     measured = _active_by_gradient(model)
     assert measured < sum(p.numel() for p in model.parameters())  # the token skipped some routed experts
     assert C.count_params(model.config).active == measured
+
+
+def test_deepseek_v4_active_params_equal_what_one_token_touches_with_a_filled_hash_table():
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(tiny_config("deepseek_v4"), attn_implementation="eager",
+                                               experts_implementation="eager")
+    for layer in model.model.layers:
+        if layer.mlp.is_hash:  # token t -> k distinct experts, as a trained tid2eid table has
+            table = layer.mlp.gate.tid2eid
+            rows, k = table.shape
+            table.copy_((torch.arange(rows)[:, None] + torch.arange(k)) % model.config.n_routed_experts)
+    measured = _active_by_gradient(model)
+    assert measured < sum(p.numel() for p in model.parameters())
+    assert C.count_params(model.config).active == measured
+
+
+def test_deepseek_v4_decode_past_the_window_multiplies_the_kept_window_and_the_compressed_entries():
+    # 2 x 70 tokens through a 16-token window: the sliding cache keeps 15, the compressors emitted 70 // rate entries
+    config, _, _, _ = _measured("deepseek_v4", True)
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config, attn_implementation="eager",
+                                               experts_implementation="eager").eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        cache = model(torch.randint(3, 100, (2, 70), generator=g), use_cache=True).past_key_values
+        assert all(layer.keys.shape[2] == 15 for layer in cache.layers)
+        with FlopCounterMode(display=False) as fc:
+            model(torch.randint(3, 100, (2, 1), generator=g), cache=cache, use_cache=True)
+    assert C.forward_flops(config, batch=2, seq_len=1, past=70).total == fc.get_total_flops()
 
 
 FIRST = ["mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "llama4_text"]

@@ -27,9 +27,7 @@ IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 
 # traced model types without a shape reader in moelab.compute yet, and what their blocks add beyond the readers
 NO_ACCOUNTING: dict[str, str] = {
-    "axk2": "adaptive norms (norm + fc1/fc2 per norm), a gated q path and a DSA indexer not modelled",
     "hy_v4": "hyper-connections (attn_hc / ffn_hc / hc_head mixing 4 residual streams) not modelled",
-    "deepseek_v4": "hyper-connections, a KV compressor with its own indexer and grouped o_a/o_b projections",
     "qwen4_exp": "hyper-connections around every block and a q/k indexer not modelled",
     "qwen4_exp_text": "hyper-connections around every block and a q/k indexer not modelled",
     "inkling_text": "short convs on q/k/v and the residual stream, relative-position logits, a shared-expert gate",

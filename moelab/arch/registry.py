@@ -107,7 +107,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     # DeepSeek-V3 routing (sigmoid, selection bias, groups, routed scaling) under other attention / layer stacks
     A("axk1", ("axk1",), ("AXK1TopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
     # A.X-K2: n_group / topk_group default to None (plain top-k); grouped, it masks other groups to 0.0, not -inf
-    A("axk2", ("axk2",), ("AXK2TopkRouter",), "n_routed_experts", **_DS),
+    A("axk2", ("axk2",), ("AXK2TopkRouter",), "n_routed_experts", shape=LIN.axk2_shape, **_DS),
     A("deepseek_v32", ("deepseek_v32",), ("DeepseekV32TopkRouter",), "n_routed_experts",
       shape=F.mla_moe_shape, **_DS),
     A("glm_moe_dsa", ("glm_moe_dsa",), ("GlmMoeDsaTopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
@@ -132,7 +132,8 @@ ADAPTERS: tuple[Adapter, ...] = (
     # (tid2eid) and weight them by the gate's scores; the experts receive (index, weights) on every layer.
     # selection_bias and top-k hold on its "moe" layers only; scoring is config.scoring_func (sqrtsoftplus)
     A("deepseek_v4", ("deepseek_v4",), ("DeepseekV4TopKRouter", "DeepseekV4HashRouter"), "n_routed_experts",
-      scoring="config-dependent", selection_bias=True, shared_attr=1, scaling_attr="routed_scaling_factor"),
+      scoring="config-dependent", selection_bias=True, shared_attr=1, scaling_attr="routed_scaling_factor",
+      shape=LIN.deepseek_v4_shape),
     # Gemma 4: an optional MoE block (config.enable_moe_block) beside each layer's dense MLP, which runs for every
     # token (one shared expert). Gemma4TextRouter returns softmax probabilities where others return logits, so the
     # raw logits are read off its `proj` child; the experts receive the renormalised top-k probabilities times a

@@ -72,6 +72,16 @@ class Mixer:
     #                   ("lightning", block, heads, head_dim); () = none
     #                   moelab.arch.shapes_linear adds kind "kda" (Kimi delta attention) with scan
     #                   ("kda", chunk, heads, k_dim, v_dim) (moelab.compute.flops.LINEAR_SCANS)
+    # what an attention block has beyond the fields above (moelab.arch.shapes_linear: axk2, deepseek_v4)
+    extra_weights: int = 0  # weights of further per-token projections (axk2: the fused q + output-gate projection
+    #                         from 2 q_lora_rank beyond q_b; counted as params too)
+    extra_params: int = 0  # further parameters without a per-token matmul
+    #                        an attention Mixer with `weights` set (deepseek_v4) takes `weights` / `params` as its
+    #                        closed form instead of the q/k/v/o one (heads, head_dim, window still size the scores)
+    compress: tuple = ()  # deepseek_v4 compressed attention: (rate, index_heads, index_dim); the keys are the sliding
+    #                       cache (window - 1 cached + the new tokens) plus one compressed entry per `rate` tokens,
+    #                       which an indexer of index_heads x index_dim scores (index_heads 0: no indexer; rate 0: no
+    #                       compressor, a deepseek_v4 sliding layer); () = none
 
     @property
     def vd(self) -> int:
@@ -134,6 +144,12 @@ class ModelShape:
     #                              off the top-k (llama4); counted only by forward_flops(as_transformers=True)
     moe_norms: int = 0  # extra H-wide norms per MoE layer (axk1's post_mlp_layernorm on the MoE output)
     moe_latent: int = 0  # experts work in this width: Linear(H, latent) before, Linear(latent, H) after (nemotron_h)
+    # on the residual stream, outside the token mixers and MLPs (moelab.arch.shapes_linear), whole model:
+    residual_weights: int = 0  # per-token matmul weights: axk2's gated norms (H -> r -> H each), deepseek_v4's
+    #                            hyper-connection mixing (counted as params too, under "norms")
+    residual_params: int = 0  # further parameters there without a per-token matmul (hyper-connection bases, scales)
+    residual_mix: int = 0  # per token, whole model: multiply-adds of residual-stream matmuls without weights
+    #                        (deepseek_v4: comb^T @ the hc_mult streams, hc_mult^2 H per hyper-connection)
 
     @property
     def attention_mixer(self) -> Mixer:

@@ -16,6 +16,7 @@ Per token and layer, with H hidden, h query heads of width d, g KV heads, I_e ex
     shared_experts     2 * 3 * H * I_s + 2 * H              (qwen2_moe)
     dense_mlp          2 * 3 * H * I                        (dense layers; 2 * 2 * H * I for relu^2 MLPs)
     mixer              hybrid layers: 2 * projection weights + `conv_flops` + `scan_flops`
+    residual           2 * (residual_weights + residual_mix): axk2's gated norms, deepseek_v4's hyper-connections
 and once per token that produces logits: head = 2 * H * V.
 Per-layer differences (output gates, per-layer heads or KV heads, sinks, MLA, a sparse-attention
 indexer) come from the layer's `Mixer` (moelab.arch.shapes). Hybrid layers (Mamba, Mamba-2, gated
@@ -63,6 +64,8 @@ class FlopBreakdown:
     shared_experts: float = 0.0
     dense_mlp: float = 0.0
     head: float = 0.0
+    residual: float = 0.0  # matmuls on the residual stream outside mixers and MLPs (axk2 gated norms, deepseek_v4
+    #                        hyper-connections: ModelShape.residual_weights)
 
     @property
     def total(self) -> float:
@@ -136,7 +139,7 @@ def kda_scan_flops(scan: tuple, batch: int, seq_len: int, past: int = 0) -> floa
     """Matmul FLOPs of Kimi delta attention (KDA: kimi_linear, bailing_hybrid), the transformers 5.x reference
     `chunk_kimi_delta_attention` from an empty cache, c = ceil(S / Q) chunks of Q (padded), per sequence and head:
 
-    >>> kda_scan_flops(("kda", 64, 2, 16, 16), batch=1, seq_len=70)  # 1 x 2 heads x 2 chunks x (2 Q^2 16 + 4 Q^2 16 + 6 Q 16^2)
+    >>> kda_scan_flops(("kda", 64, 2, 16, 16), batch=1, seq_len=70)  # 2 heads x 2 chunks x (6 Q^2 16 + 6 Q 16^2)
     1966080.0
 
         attn @ v_beta, attn @ (k_beta * exp g)                           2 c Q^2 (d_v + d_k)
@@ -170,6 +173,28 @@ def conv_flops(conv: tuple | None, batch: int, seq_len: int, past: int = 0) -> f
     C, K = conv
     outputs = seq_len + 1 if past else seq_len + K - 1
     return 2.0 * batch * outputs * K * C
+
+
+def compressed_attention_keys(m, batch: int, seq_len: int, past: int = 0, causal_skip: bool = False):
+    """(keys summed over the new queries, indexer FLOPs) of a deepseek_v4 compressed-attention layer
+    (`Mixer.compress = (rate, index_heads, index_dim)`; rate 0: a sliding layer), as its transformers 5.x eager code
+    runs it.
+
+    >>> from moelab.arch.shapes import Mixer
+    >>> m = Mixer(heads=4, head_dim=16, window=64, compress=(4, 2, 8))
+    >>> compressed_attention_keys(m, batch=2, seq_len=12)  # 2 x 12 x (12 + 3) keys; 2 x 2 x 12 x 2 x 8 x 3
+    (360.0, 2304.0)
+
+    The sliding cache keeps window - 1 tokens, so each of the S new queries multiplies min(P, window - 1) + S local
+    keys (`causal_skip`: the window-capped causal count instead) and all n = (P + S) // rate compressed entries the
+    compressor has emitted so far; a CSA layer's indexer scores every query against them: 2 B S h_i d_i n."""
+    rate, index_heads, index_dim = m.compress
+    n = (past + seq_len) // rate if rate else 0
+    if causal_skip:
+        local = _keys_sum(seq_len, past, True, m.window)
+    else:
+        local = seq_len * ((min(past, m.window - 1) if m.window else past) + seq_len)
+    return float(batch * (local + seq_len * n)), 2.0 * batch * seq_len * index_heads * index_dim * n
 
 
 def _keys_sum(S: int, P: int, causal_skip: bool, window: int | None) -> float:
@@ -221,6 +246,9 @@ def forward_flops(
         if m.mla and as_transformers:  # kv_b_proj re-expands the P cached latents too
             proj += 2.0 * m.mla[1] * m.heads * (m.mla[2] + m.mla[4]) * batch * past
         keys = batch * _keys_sum(seq_len, past, causal_skip, m.window)
+        if m.compress:  # deepseek_v4: a truncated sliding cache plus compressed entries, scored by an indexer
+            keys, index_flops = compressed_attention_keys(m, batch, seq_len, past, causal_skip)
+            attn_qk += index_flops
         qk_dim, v_dim = (m.mla[2] + m.mla[3], m.mla[4]) if m.mla else (m.head_dim, m.vd)
         index_width = m.index_dim + (1 if m.index_q_rank else 0)  # DSA also weights the heads: [1, h] @ [h, keys]
         attn_qk += 2.0 * (m.heads * qk_dim * keys + m.index_heads * index_width * batch * seq_len * (past + seq_len))
@@ -238,6 +266,7 @@ def forward_flops(
         shared_experts=(2.0 * g * H * s.shared_intermediate + 2.0 * H * s.shared_gate) * T * n_moe,
         dense_mlp=2.0 * g * H * s.dense_intermediate * T * n_dense,
         head=2.0 * H * s.vocab * n_logits,
+        residual=2.0 * (s.residual_weights + s.residual_mix) * T,
     )
 
 

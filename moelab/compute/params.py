@@ -47,7 +47,7 @@ class ParamCount:
     experts: Count  # routed experts: E x 3 x H x I_e per MoE layer; active k/E of it (+ latent projections, fully)
     shared_experts: Count  # always-on shared expert + its gate (qwen2_moe)
     dense_mlp: Count  # SwiGLU MLP of dense layers (all layers of a dense model)
-    norms: Count  # pre-attention, pre-MLP and final norms
+    norms: Count  # pre-attention, pre-MLP and final norms (+ gated norms' gates, hyper-connections: residual_*)
     head: Count  # lm_head (0 when tied to the embeddings)
 
     @property
@@ -91,16 +91,16 @@ def mixer_weights(m: Mixer, hidden: int) -> int:
     >>> mixer_weights(Mixer(heads=2, kv_heads=1, head_dim=4), hidden=8)  # q 8x8, k 8x4, v 8x4, o 8x8
     192
     """
-    if m.kind != "attention":
+    if m.kind != "attention" or m.weights:  # closed form computed by the reader (deepseek_v4's attention too)
         return m.weights
     H = hidden
     if m.mla is not None:  # q_a/q_b (or q), kv_a_with_mqa, kv_b, o (DeepSeek-V3 MLA)
         q_rank, kv_rank, nope, rope, v = m.mla
         q = H * q_rank + q_rank * m.heads * (nope + rope) if q_rank else H * m.heads * (nope + rope)
         return q + H * (kv_rank + rope) + kv_rank * m.heads * (nope + v) + m.heads * v * H + _indexer_weights(m, H) \
-            + H * m.gate
+            + H * m.gate + m.extra_weights
     q, k, v = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.kv_heads * m.vd
-    return H * q + H * k + H * v + m.heads * m.vd * H + H * m.gate + _indexer_weights(m, H)
+    return H * q + H * k + H * v + m.heads * m.vd * H + H * m.gate + _indexer_weights(m, H) + m.extra_weights
 
 
 def _indexer_weights(m: Mixer, H: int) -> int:
@@ -117,9 +117,9 @@ def mixer_params(m: Mixer, hidden: int) -> int:
     >>> mixer_params(Mixer(heads=2, kv_heads=1, head_dim=4, q_norm=4, k_norm=4, sinks=True), hidden=8)  # 192 + 8 + 2
     202
     """
-    if m.kind != "attention":
+    if m.kind != "attention" or m.weights:
         return m.params
-    n = mixer_weights(m, hidden)
+    n = mixer_weights(m, hidden) + m.extra_params
     if m.mla is not None:
         q_rank, kv_rank, nope, rope, v = m.mla
         return n + (q_rank * (1 + m.q_bias) if q_rank else 0) + kv_rank + (kv_rank + rope) * m.k_bias \
@@ -170,7 +170,7 @@ def count_params(config) -> ParamCount:
     shared = n_moe * (_swiglu(H, s.shared_intermediate, s.shared_bias and s.shared_intermediate > 0, s.glu)
                       + (H if s.shared_gate else 0))
     dense = n_dense * _swiglu(H, s.dense_intermediate, s.mlp_bias, s.glu)
-    norms = (s.layer_norms * L + 1 + s.moe_norms * n_moe) * norm
+    norms = (s.layer_norms * L + 1 + s.moe_norms * n_moe) * norm + s.residual_weights + s.residual_params
     head = (0 if s.tied else V * H) + (V if s.lm_head_bias else 0)
 
     full = lambda n: Count(n, n)  # noqa: E731
