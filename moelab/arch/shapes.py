@@ -75,7 +75,6 @@ class Mixer:
     # what an attention block has beyond the fields above (moelab.arch.shapes_linear: axk2, deepseek_v4)
     extra_weights: int = 0  # weights of further per-token projections (axk2: the fused q + output-gate projection
     #                         from 2 q_lora_rank beyond q_b; counted as params too)
-    extra_params: int = 0  # further parameters without a per-token matmul
     #                        an attention Mixer with `weights` set (deepseek_v4) takes `weights` / `params` as its
     #                        closed form instead of the q/k/v/o one (heads, head_dim, window still size the scores)
     compress: tuple = ()  # deepseek_v4 compressed attention: (rate, index_heads, index_dim); the keys are the sliding

@@ -10,7 +10,7 @@ gate, a DSA indexer and gated norms) and deepseek_v4 (compressed sparse attentio
 
 What the readers add to `ModelShape` / `Mixer` (each field documented in moelab.arch.shapes):
     Mixer(kind="kda", scan=("kda", ...))   KDA layers; FLOPs in moelab.compute.flops.kda_scan_flops
-    Mixer.extra_weights / extra_params     attention projections beyond the q/k/v/o/MLA formula (axk2)
+    Mixer.extra_weights                    attention projections beyond the q/k/v/o/MLA formula (axk2)
     Mixer.weights / params on attention    the whole block's closed form (deepseek_v4's grouped o_a/o_b, compressors)
     Mixer.compress                         deepseek_v4's keys: a truncated sliding cache + compressed entries, and
                                            the CSA indexer's scores (moelab.compute.flops.compressed_attention_keys)

@@ -65,7 +65,7 @@ class FlopBreakdown:
     dense_mlp: float = 0.0
     head: float = 0.0
     residual: float = 0.0  # matmuls on the residual stream outside mixers and MLPs (axk2 gated norms, deepseek_v4
-    #                        hyper-connections: ModelShape.residual_weights)
+    #                        hyper-connections: ModelShape.residual_weights and residual_mix)
 
     @property
     def total(self) -> float:

@@ -119,7 +119,7 @@ def mixer_params(m: Mixer, hidden: int) -> int:
     """
     if m.kind != "attention" or m.weights:
         return m.params
-    n = mixer_weights(m, hidden) + m.extra_params
+    n = mixer_weights(m, hidden)
     if m.mla is not None:
         q_rank, kv_rank, nope, rope, v = m.mla
         return n + (q_rank * (1 + m.q_bias) if q_rank else 0) + kv_rank + (kv_rank + rope) * m.k_bias \
