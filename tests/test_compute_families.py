@@ -27,7 +27,11 @@ DEFAULT = ["deepseek_v2", "glm4_moe", "sarvam_moe", "glm4_moe_lite", "dots1", "e
            "sarvam_mla", "axk1", "deepseek_v32", "glm_moe_dsa", "dots3_note_text", "qwen3_5_moe_text", "dbrx",
            # Kimi delta attention (KDA) beside MLA layers; MLA with a fused q + output gate, DSA indexer and gated
            # norms; compressed sparse attention with hyper-connections (moelab.arch.shapes_linear)
-           "kimi_linear", "bailing_hybrid", "axk2", "deepseek_v4"]
+           "kimi_linear", "bailing_hybrid", "axk2", "deepseek_v4",
+           # moelab.arch.shapes_extra: per-layer input embeddings, KV sharing, k = v attention, an MLP beside the MoE
+           # block (gemma4_text); hyper-connections (hy_v4, qwen4_exp_text, with a QSA block indexer and n-gram PLE
+           # layers); short convs, relative-position logits, sink projections, block attention residuals (inkling*)
+           "gemma4_text", "hy_v4", "qwen4_exp_text", "inkling_text", "inkling2_text"]
 
 # per model type: config fields set on the tiny config to switch on what the default leaves off
 VARIANTS = {
@@ -82,6 +86,19 @@ VARIANTS = {
                         compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 8},
                         mlp_bias=True, hc_mult=2, o_groups=2, o_lora_rank=16, index_n_heads=4, index_head_dim=16,
                         sliding_window=16, mlp_layer_types=["hash_moe", "hash_moe", "moe", "moe"]),
+    "gemma4_text": dict(attention_bias=True, attention_k_eq_v=True, num_kv_shared_layers=2, use_double_wide_mlp=True,
+                        layer_types=["sliding_attention", "full_attention"] * 2),
+    "hy_v4": dict(attention_bias=True, n_shared_experts=2, hc_mult=2, index_n_heads=2, index_head_dim=16,
+                  indexer_types=["full", "shared", "full", "shared"], mlp_layer_types=["sparse", "dense"] * 2),
+    "qwen4_exp_text": dict(attention_bias=True, hc_count=2, ple_layer_ids=[1, 3], ple_embed_dim=32, heads_per_ngram=2,
+                           ngram_vocab_size_base=50, make_ngram_vocab_size_divisible_by=16, number_of_conv_states=3,
+                           layer_types=["linear_attention", "indexed_attention"] * 2),  # PLE on linear layers only
+    "inkling_text": dict(layer_types=["hybrid_sliding", "hybrid"] * 2, mlp_layer_types=["dense", "sparse"] * 2,
+                         n_shared_experts=2, rel_extent=48, log_scaling_n_floor=16, swa_num_attention_heads=4,
+                         swa_num_key_value_heads=4, conv_kernel_size=3, tie_word_embeddings=True),  # never tied
+    "inkling2_text": dict(layer_types=["hybrid", "hybrid_sliding", "hybrid", "hybrid"], n_layers_per_attn_res_block=2,
+                          unpadded_vocab_size=100, rel_extent=48, swa_num_attention_heads=4, swa_num_key_value_heads=4,
+                          conv_kernel_size=3),
 }
 CASES = [(mt, False) for mt in DEFAULT] + [(mt, True) for mt in VARIANTS]
 
@@ -217,11 +234,12 @@ def test_llama4_prefill_flops_equal_flop_counter_mode_counting_what_transformers
 
 
 def test_every_traced_model_type_has_a_shape_reader():
-    assert set(FIRST + DEFAULT + ["llama4", "qwen3_5_moe", "dots3_note"]) <= set(C.SUPPORTED_MODEL_TYPES)
+    assert set(FIRST + DEFAULT + ["llama4", "qwen3_5_moe", "dots3_note", "gemma4", "qwen4_exp"]) \
+        <= set(C.SUPPORTED_MODEL_TYPES)
 
 
 @pytest.mark.parametrize("model_type", ["jamba", "qwen3_next", "lfm2_moe", "nemotron_h", "mimo_v2_flash", "laguna",
-                                        "mixtral", "granitemoehybrid"])
+                                        "mixtral", "granitemoehybrid", "gemma4_text", "inkling_text", "inkling2_text"])
 def test_kv_bytes_per_token_equal_what_the_cache_stores_per_token(model_type):
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
@@ -243,7 +261,7 @@ def test_the_capability_matrix_says_yes_only_where_params_and_flops_are_exact():
 # full-size default configs whose model does not build from the defaults (transformers, not moelab): dots1 (empty()
 # with a None size), hunyuan_v1_moe (head_dim None), lfm2_moe (layer_types None), dbrx (attn_config has no
 # rope_theta). dots3_note_text's full-size config sets heads and MLA ranks per layer (config.per_layer_config).
-FULL_SIZE = sorted(set(FIRST + DEFAULT) - {"dots1", "hunyuan_v1_moe", "lfm2_moe", "dbrx"})
+FULL_SIZE = sorted(set(FIRST + DEFAULT + ["gemma4", "qwen4_exp"]) - {"dots1", "hunyuan_v1_moe", "lfm2_moe", "dbrx"})
 
 
 @pytest.mark.parametrize("model_type", FULL_SIZE)
@@ -251,6 +269,10 @@ def test_count_params_is_exact_on_the_full_size_default_config(model_type):
     config = T.AutoConfig.for_model(model_type)
     if model_type == "deepseek_v2":
         config.num_experts_per_tok = 6  # its default is None (DeepSeek-V2 routes 6)
+    if model_type.startswith("qwen4_exp"):  # its QSA indexer sizes default to None (the model does not build)
+        for k, v in dict(indexer_n_heads=16, indexer_kv_heads=1, indexer_head_dim=128, indexer_budget=2048,
+                         indexer_compress_ratio=4).items():
+            setattr(config.get_text_config(), k, v)
     with torch.device("meta"):  # shapes only: a 671B model in no memory
         model = T.AutoModelForCausalLM.from_config(config)
     assert C.count_params(model.config).total == sum(p.numel() for p in model.parameters())
@@ -275,3 +297,52 @@ def test_every_traced_model_type_without_a_shape_reader_says_why():
     from moelab.arch.capabilities import NO_ACCOUNTING, adapter_model_types
 
     assert set(adapter_model_types()) - set(C.SUPPORTED_MODEL_TYPES) == set(NO_ACCOUNTING)
+
+
+def test_gemma4_global_head_dim_kv_sharing_and_k_eq_v_are_exact_in_params_flops_and_kv_bytes():
+    # per_layer_config is derived at construction: full-attention layers get global_head_dim and
+    # num_global_key_value_heads; the last two layers reuse the K/V of layers 0 and 1 (no k/v projections, no cache)
+    cfg = T.AutoConfig.for_model(
+        "gemma4_text", vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, global_head_dim=32, num_global_key_value_heads=1, attention_k_eq_v=True,
+        enable_moe_block=True, num_experts=8, top_k_experts=2, moe_intermediate_size=32, vocab_size_per_layer_input=128,
+        hidden_size_per_layer_input=16, layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=64,
+        num_kv_shared_layers=2, use_double_wide_mlp=True)
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager",
+                                               experts_implementation="eager").eval().requires_grad_(False)
+    mixers = C.model_shape(model.config).layer_mixers
+    assert [(m.head_dim, m.kv_heads, m.kv_proj) for m in mixers] == [(16, 2, 2), (32, 1, 1), (16, 2, 0), (32, 1, 0)]
+    assert C.count_params(model.config).total == sum(p.numel() for p in model.parameters())
+    g = torch.Generator().manual_seed(1)
+    with FlopCounterMode(display=False) as prefill, torch.no_grad():
+        cache = model(torch.randint(3, 100, (2, 12), generator=g), use_cache=True).past_key_values
+    with FlopCounterMode(display=False) as decode, torch.no_grad():
+        model(torch.randint(3, 100, (2, 1), generator=g), cache=cache, use_cache=True)
+    assert C.forward_flops(model.config, batch=2, seq_len=12).total == prefill.get_total_flops()
+    assert C.forward_flops(model.config, batch=2, seq_len=1, past=12).total == decode.get_total_flops()
+    stored = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers
+                 if getattr(layer, "keys", None) is not None)
+    assert C.kv_bytes_per_token(model.config, "fp32") == stored / 13 / 2 * 4
+
+
+@pytest.mark.parametrize("past,seq_len,block", [(0, 12, 4), (12, 1, 4), (5, 70, 3), (0, 3, 4), (7, 9, 1)])
+def test_qsa_indexer_block_count_equals_brute_force(past, seq_len, block):
+    from moelab.compute.flops import _blocks_sum
+
+    assert _blocks_sum(seq_len, past, block) == sum((past + i + 1) // block for i in range(seq_len))
+
+
+@pytest.mark.parametrize("model_type", ["gemma4_text", "inkling_text", "inkling2_text", "mimo_v2_flash", "cohere2_moe"])
+def test_decode_past_the_window_meets_the_window_minus_one_cached_keys_plus_the_new_one(model_type):
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="eager",
+                                               experts_implementation="eager").eval().requires_grad_(False)
+    windows = [m.window for m in C.model_shape(model.config).layer_mixers if m.window]
+    assert windows and max(windows) < 70  # the 70-token prompt runs past every sliding window
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        cache = model(torch.randint(3, 100, (2, 70), generator=g), use_cache=True).past_key_values
+        with FlopCounterMode(display=False) as fc:
+            model(torch.randint(3, 100, (2, 1), generator=g), cache=cache, use_cache=True)
+    assert C.forward_flops(model.config, batch=2, seq_len=1, past=70).total == fc.get_total_flops()

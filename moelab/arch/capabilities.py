@@ -27,15 +27,6 @@ IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 
 # traced model types without a shape reader in moelab.compute yet, and what their blocks add beyond the readers
 NO_ACCOUNTING: dict[str, str] = {
-    "hy_v4": "hyper-connections (attn_hc / ffn_hc / hc_head mixing 4 residual streams) not modelled",
-    "qwen4_exp": "hyper-connections around every block and a q/k indexer not modelled",
-    "qwen4_exp_text": "hyper-connections around every block and a q/k indexer not modelled",
-    "inkling_text": "short convs on q/k/v and the residual stream, relative-position logits, a shared-expert gate",
-    "inkling2_text": "short convs, learned mixing queries, a sink projection and relative-position bias layers",
-    "gemma4": "per-layer input embeddings, KV sharing across layers, k = v attention and a dense MLP beside "
-              "the MoE block: not modelled",
-    "gemma4_text": "per-layer input embeddings, KV sharing across layers, k = v attention and a dense MLP beside "
-                   "the MoE block: not modelled",
 }
 
 

@@ -21,6 +21,7 @@ from . import shapes as S
 from . import shapes_families as F
 from . import shapes_hybrid as H
 from . import shapes_linear as LIN
+from . import shapes_extra as X
 from .base import Adapter
 
 A = Adapter
@@ -112,7 +113,7 @@ ADAPTERS: tuple[Adapter, ...] = (
       shape=F.mla_moe_shape, **_DS),
     A("glm_moe_dsa", ("glm_moe_dsa",), ("GlmMoeDsaTopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
     A("sarvam_mla", ("sarvam_mla",), ("DeepseekV3TopkRouter",), "n_routed_experts", shape=F.mla_moe_shape, **_DS),
-    A("hy_v4", ("hy_v4",), ("HYV4TopkRouter",), "n_routed_experts", **_DS),
+    A("hy_v4", ("hy_v4",), ("HYV4TopkRouter",), "n_routed_experts", shape=X.hy_v4_shape, **_DS),
     A("bailing_hybrid", ("bailing_hybrid",), ("BailingHybridTopkRouter",), "num_experts", shape=LIN.kda_moe_shape,
       **_DS),
     A("kimi_linear", ("kimi_linear",), ("KimiLinearTopkRouter",), "num_experts", shape=LIN.kda_moe_shape, **_DS),
@@ -121,13 +122,15 @@ ADAPTERS: tuple[Adapter, ...] = (
     # Inkling: sigmoid logits of the k chosen and the shared experts, normalised together (so the routed
     # weights sum to less than 1), times route_scale and a learned global scale
     A("inkling", ("inkling_text",), ("InklingTopkRouter",), "n_routed_experts", scoring="sigmoid",
-      renormalised=False, selection_bias=True, shared_attr="n_shared_experts", scaling_attr="route_scale"),
+      renormalised=False, selection_bias=True, shared_attr="n_shared_experts", scaling_attr="route_scale",
+      shape=X.inkling_shape),
     A("inkling2", ("inkling2_text",), ("Inkling2TopKRouter",), "n_routed_experts", scoring="config-dependent",
-      selection_bias=True, scaling_attr="routed_scaling_factor"),
+      selection_bias=True, scaling_attr="routed_scaling_factor", shape=X.inkling2_shape),
     A("qwen3_5_moe", ("qwen3_5_moe_text", "qwen3_5_moe"), ("Qwen3_5MoeTopKRouter",), "num_experts",
       shared_attr="shared_expert_intermediate_size", shared_is_width=True, shape=H.qwen3_next_shape),
     A("qwen4_exp", ("qwen4_exp_text", "qwen4_exp"), ("Qwen4ExpTextTopKRouter",), "num_experts",
-      renormalised="norm_topk_prob", shared_attr="shared_expert_intermediate_size", shared_is_width=True),
+      renormalised="norm_topk_prob", shared_attr="shared_expert_intermediate_size", shared_is_width=True,
+      shape=X.qwen4_exp_shape),
     # DeepSeek-V4: its first layers (mlp_layer_types "hash_moe") choose experts by a frozen token-id table
     # (tid2eid) and weight them by the gate's scores; the experts receive (index, weights) on every layer.
     # selection_bias and top-k hold on its "moe" layers only; scoring is config.scoring_func (sqrtsoftplus)
@@ -139,7 +142,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     # raw logits are read off its `proj` child; the experts receive the renormalised top-k probabilities times a
     # learned per-expert scale (router.per_expert_scale)
     A("gemma4", ("gemma4_text", "gemma4"), ("Gemma4TextRouter",), "num_experts", top_k_attr="top_k_experts",
-      logits_from="proj", shared_attr=1),
+      logits_from="proj", shared_attr=1, shape=X.gemma4_shape),
 )
 
 # model types with MoE layers that moelab does not trace, and why (the sweep and docs/capabilities.md read this)

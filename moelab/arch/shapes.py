@@ -19,7 +19,9 @@ readers (mistral, llama) are in `DENSE_READERS`. What each adds to the plain Lla
 
 The other families' readers live in `moelab.arch.shapes_families` (standard attention: gates,
 sinks, per-layer heads, MLA variants, dense/MoE layer rules) and `moelab.arch.shapes_hybrid`
-(Mamba / Mamba-2 / gated DeltaNet / lightning attention / short-conv layers, as `Mixer` records).
+(Mamba / Mamba-2 / gated DeltaNet / lightning attention / short-conv layers, as `Mixer` records) and
+`moelab.arch.shapes_extra` (per-layer input embeddings, KV sharing, hyper-connections, short convs,
+relative-position logits, block attention residuals: gemma4, hy_v4, qwen4_exp, inkling, inkling2).
 
 References: the modeling_*.py files of transformers 5.x (the parameter shapes here are the
 ones those modules create; tests check the sum against `model.parameters()`).
@@ -72,15 +74,22 @@ class Mixer:
     #                   ("lightning", block, heads, head_dim); () = none
     #                   moelab.arch.shapes_linear adds kind "kda" (Kimi delta attention) with scan
     #                   ("kda", chunk, heads, k_dim, v_dim) (moelab.compute.flops.LINEAR_SCANS)
-    # what an attention block has beyond the fields above (moelab.arch.shapes_linear: axk2, deepseek_v4)
-    extra_weights: int = 0  # weights of further per-token projections (axk2: the fused q + output-gate projection
-    #                         from 2 q_lora_rank beyond q_b; counted as params too)
-    #                        an attention Mixer with `weights` set (deepseek_v4) takes `weights` / `params` as its
-    #                        closed form instead of the q/k/v/o one (heads, head_dim, window still size the scores)
+    # what an attention block has beyond the fields above (moelab.arch.shapes_linear: axk2, deepseek_v4;
+    # moelab.arch.shapes_extra: inkling). An attention Mixer with `weights` set (deepseek_v4) takes `weights` /
+    # `params` as its closed form instead of the q/k/v/o one (heads, head_dim, window still size the scores).
     compress: tuple = ()  # deepseek_v4 compressed attention: (rate, index_heads, index_dim); the keys are the sliding
     #                       cache (window - 1 cached + the new tokens) plus one compressed entry per `rate` tokens,
     #                       which an indexer of index_heads x index_dim scores (index_heads 0: no indexer; rate 0: no
     #                       compressor, a deepseek_v4 sliding layer); () = none
+    index_block: int = 0  # 0: the indexer scores every key; > 0: QSA indexer (qwen4_exp): keys mean-pooled in blocks of
+    #                       this many, a query with n visible keys scores n // index_block blocks (one index k head)
+    extra_weights: int = 0  # attention: per-token matmul weights beyond the fields above (axk2: the fused q +
+    #                         output-gate projection; inkling: r_proj and the relative-position bank, sink and
+    #                         dynamic-conv weight projections); 2 FLOPs each per token
+    extra_params: int = 0  # attention: the parameters of those parts (not derived from extra_weights: a bank of
+    #                        d_rel x extent weights multiplies every head's d_rel states)
+    kv_proj: int = 2  # K/V projections this attention layer computes: 2 (k_proj and v_proj), 1 (k = v, no v_proj:
+    #                   gemma4 attention_k_eq_v), 0 (reads another layer's keys and values: gemma4 KV sharing)
 
     @property
     def vd(self) -> int:
@@ -149,6 +158,16 @@ class ModelShape:
     residual_params: int = 0  # further parameters there without a per-token matmul (hyper-connection bases, scales)
     residual_mix: int = 0  # per token, whole model: multiply-adds of residual-stream matmuls without weights
     #                        (deepseek_v4: comb^T @ the hc_mult streams, hc_mult^2 H per hyper-connection)
+    # the families of moelab.arch.shapes_extra
+    mlp_widths: tuple[int, ...] = ()  # per layer: width of its dense MLP (0 = none), counted on MoE layers too (gemma4
+    #                                   runs a dense MLP beside the MoE block; KV-shared layers may be double-wide);
+    #                                   () = `dense_intermediate` on the dense layers
+    extra_params: int = 0  # parameters outside the components above (gemma4's per-layer input embeddings and their
+    #                        projections; hyper-connection mixers), ParamCount.other; all active
+    extra_weights: int = 0  # per-token matmul weights of those parts (FLOPs 2 * extra_weights per token)
+    extra_convs: tuple[tuple[int, int], ...] = ()  # (channels, kernel) of depthwise causal convs outside the mixers
+    #                                                (inkling's short convs on k, v and the residual branches); FLOPs
+    #                                                by moelab.compute.flops.conv_flops, parameters in extra_params
 
     @property
     def attention_mixer(self) -> Mixer:

@@ -91,7 +91,8 @@ def axk2_shape(c, common: dict) -> ModelShape:
     attention = _mla(c, common, index_heads=c.index_n_heads, index_dim=c.index_head_dim, index_q_rank=q_rank)
     qk, v = attention.head_dim, c.v_head_dim
     fused = 2 * q_rank * heads * (qk + v)  # q_gate_proj; the Mixer's q_b (q_rank -> h qk) counts q_rank h qk of it
-    attention = replace(attention, extra_weights=fused - q_rank * heads * qk)
+    extra = fused - q_rank * heads * qk
+    attention = replace(attention, extra_weights=extra, extra_params=extra)  # a plain projection: params = weights
     moe = [t == "sparse" for t in c.mlp_layer_types[:L]]
     nope, rope = c.qk_nope_head_dim, c.qk_rope_head_dim
     common = {**common, "kv_heads": heads, "head_dim": nope + rope}

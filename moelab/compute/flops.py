@@ -19,7 +19,9 @@ Per token and layer, with H hidden, h query heads of width d, g KV heads, I_e ex
     residual           2 * (residual_weights + residual_mix): axk2's gated norms, deepseek_v4's hyper-connections
 and once per token that produces logits: head = 2 * H * V.
 Per-layer differences (output gates, per-layer heads or KV heads, sinks, MLA, a sparse-attention
-indexer) come from the layer's `Mixer` (moelab.arch.shapes). Hybrid layers (Mamba, Mamba-2, gated
+indexer, KV sharing) come from the layer's `Mixer` (moelab.arch.shapes). Parts outside these
+components (per-layer input embeddings, hyper-connections, short convs: `ModelShape.extra_weights`,
+`extra_convs`) go to `other`. Hybrid layers (Mamba, Mamba-2, gated
 DeltaNet, lightning attention, short conv) go to `mixer`: their projections plus `scan_flops` and
 `conv_flops`, closed forms of the transformers reference PyTorch paths.
 Exactness: tests/test_compute_families.py checks the total against FlopCounterMode on tiny models
@@ -29,8 +31,9 @@ of every traced family, for a prefill from an empty cache and for a one-token de
 n_keys: a forward of S new tokens after P cached tokens. Dense attention kernels (eager,
 SDPA math) compute every query against all P+S keys and mask afterwards, so
 n_keys = P + S for every query (`causal_skip=False`, the default, and what FlopCounterMode
-reports). Kernels that skip masked blocks (FlashAttention) do query i against P+i+1 keys,
-capped by a sliding window (`causal_skip=True`). Decode (S=1) gives n_keys = P+1 either way.
+reports; a sliding layer's cache keeps window - 1 tokens: min(P, window - 1) + S). Kernels that
+skip masked blocks (FlashAttention) do query i against P+i+1 keys, capped by a sliding window
+(`causal_skip=True`). Decode (S=1) gives n_keys = P+1 either way.
 
 Reference: Kaplan et al. 2020 (arXiv:2001.08361) Table 1 for the per-token accounting;
 Chinchilla (arXiv:2203.15556) Appendix F for the attention terms.
@@ -66,6 +69,8 @@ class FlopBreakdown:
     head: float = 0.0
     residual: float = 0.0  # matmuls on the residual stream outside mixers and MLPs (axk2 gated norms, deepseek_v4
     #                        hyper-connections: ModelShape.residual_weights and residual_mix)
+    other: float = 0.0  # ModelShape.extra_weights and extra_convs (gemma4 per-layer input projections,
+    #                     hyper-connection mixing, inkling short convs)
 
     @property
     def total(self) -> float:
@@ -198,12 +203,25 @@ def compressed_attention_keys(m, batch: int, seq_len: int, past: int = 0, causal
 
 
 def _keys_sum(S: int, P: int, causal_skip: bool, window: int | None) -> float:
-    """Sum over the S new queries of the number of keys each is multiplied with."""
+    """Sum over the S new queries of the number of keys each is multiplied with. Without causal_skip, a sliding
+    layer's cache holds the last window - 1 of the P cached tokens (transformers' DynamicSlidingWindowLayer), so
+    every query meets min(P, window - 1) + S keys."""
     if not causal_skip:
-        return float(S * (P + S))
+        return float(S * ((min(P, window - 1) if window else P) + S))
     if window is None:
         return float(S * P + S * (S + 1) / 2)
     return float(sum(min(P + i + 1, window) for i in range(S)))
+
+
+def _blocks_sum(S: int, P: int, block: int) -> int:
+    """Sum over the S new queries (P + 1 ... P + S visible keys) of the complete key blocks each scores:
+    sum_n floor(n / block) for n = P+1 .. P+S, from F(N) = sum_{n<=N} floor(n / b) = b q (q - 1) / 2 + q (N % b + 1),
+    q = N // b."""
+    def F(N):
+        q = N // block
+        return block * q * (q - 1) // 2 + q * (N % block + 1)
+
+    return F(P + S) - F(P)
 
 
 def forward_flops(
@@ -251,7 +269,8 @@ def forward_flops(
             attn_qk += index_flops
         qk_dim, v_dim = (m.mla[2] + m.mla[3], m.mla[4]) if m.mla else (m.head_dim, m.vd)
         index_width = m.index_dim + (1 if m.index_q_rank else 0)  # DSA also weights the heads: [1, h] @ [h, keys]
-        attn_qk += 2.0 * (m.heads * qk_dim * keys + m.index_heads * index_width * batch * seq_len * (past + seq_len))
+        index_keys = _blocks_sum(seq_len, past, m.index_block) if m.index_block else seq_len * (past + seq_len)
+        attn_qk += 2.0 * (m.heads * qk_dim * keys + m.index_heads * index_width * batch * index_keys)
         attn_av += 2.0 * m.heads * v_dim * keys
     n_logits = {"all": T, "last": batch, "none": 0}[logits]
     g = 3 if s.glu else 2  # matmuls per MLP: gate, up, down (or up, down)
@@ -264,9 +283,10 @@ def forward_flops(
         router=2.0 * H * s.num_experts * T * n_moe,
         experts=(2.0 * k_run * g * (s.moe_latent or H) * s.expert_intermediate + 4.0 * H * s.moe_latent) * T * n_moe,
         shared_experts=(2.0 * g * H * s.shared_intermediate + 2.0 * H * s.shared_gate) * T * n_moe,
-        dense_mlp=2.0 * g * H * s.dense_intermediate * T * n_dense,
+        dense_mlp=2.0 * g * H * (sum(s.mlp_widths) if s.mlp_widths else s.dense_intermediate * n_dense) * T,
         head=2.0 * H * s.vocab * n_logits,
         residual=2.0 * (s.residual_weights + s.residual_mix) * T,
+        other=2.0 * s.extra_weights * T + sum(conv_flops(cv, batch, seq_len, past) for cv in s.extra_convs),
     )
 
 

@@ -69,8 +69,9 @@ def kv_bytes_per_token(config, kv_dtype="bf16") -> float:
 
 def _kv_elements(m) -> int:
     """K and V elements one token adds to one layer's cache: attention layers only (the recurrent / conv state of a
-    hybrid layer is a fixed size per sequence, not per token, and is left out)."""
-    return m.kv_heads * (m.head_dim + m.vd) if m.kind == "attention" else 0
+    hybrid layer is a fixed size per sequence, not per token, and is left out; so are layers that read another
+    layer's K/V, kv_proj 0: gemma4 KV sharing)."""
+    return m.kv_heads * (m.head_dim + m.vd) if m.kind == "attention" and m.kv_proj else 0
 
 
 def kv_cache_bytes(config, batch: int = 1, context: int = 2048, kv_dtype="bf16") -> float:

@@ -49,6 +49,7 @@ class ParamCount:
     dense_mlp: Count  # SwiGLU MLP of dense layers (all layers of a dense model)
     norms: Count  # pre-attention, pre-MLP and final norms (+ gated norms' gates, hyper-connections: residual_*)
     head: Count  # lm_head (0 when tied to the embeddings)
+    other: Count = Count(0, 0)  # ModelShape.extra_params: gemma4 per-layer input embeddings, hyper-connection mixers
 
     @property
     def total(self) -> int:
@@ -99,7 +100,7 @@ def mixer_weights(m: Mixer, hidden: int) -> int:
         q = H * q_rank + q_rank * m.heads * (nope + rope) if q_rank else H * m.heads * (nope + rope)
         return q + H * (kv_rank + rope) + kv_rank * m.heads * (nope + v) + m.heads * v * H + _indexer_weights(m, H) \
             + H * m.gate + m.extra_weights
-    q, k, v = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.kv_heads * m.vd
+    q, k, v = m.heads * m.head_dim, m.kv_heads * m.head_dim * (m.kv_proj > 0), m.kv_heads * m.vd * (m.kv_proj > 1)
     return H * q + H * k + H * v + m.heads * m.vd * H + H * m.gate + _indexer_weights(m, H) + m.extra_weights
 
 
@@ -119,12 +120,13 @@ def mixer_params(m: Mixer, hidden: int) -> int:
     """
     if m.kind != "attention" or m.weights:
         return m.params
-    n = mixer_weights(m, hidden)
+    n = mixer_weights(m, hidden) - m.extra_weights + m.extra_params
     if m.mla is not None:
         q_rank, kv_rank, nope, rope, v = m.mla
         return n + (q_rank * (1 + m.q_bias) if q_rank else 0) + kv_rank + (kv_rank + rope) * m.k_bias \
             + hidden * m.o_bias + 2 * m.index_dim * (m.index_heads > 0) + m.k_norm + m.heads * m.sinks
-    n += m.heads * m.head_dim * m.q_bias + m.kv_heads * m.head_dim * m.k_bias + m.kv_heads * m.vd * m.v_bias
+    n += m.heads * m.head_dim * m.q_bias + m.kv_heads * m.head_dim * m.k_bias * (m.kv_proj > 0) \
+        + m.kv_heads * m.vd * m.v_bias * (m.kv_proj > 1)
     n += hidden * m.o_bias + m.q_norm + m.k_norm + m.heads * m.sinks + m.gate_bias
     return n + 2 * m.index_dim * (m.index_heads > 0)  # indexer q_norm and k_norm
 
@@ -170,6 +172,8 @@ def count_params(config) -> ParamCount:
     shared = n_moe * (_swiglu(H, s.shared_intermediate, s.shared_bias and s.shared_intermediate > 0, s.glu)
                       + (H if s.shared_gate else 0))
     dense = n_dense * _swiglu(H, s.dense_intermediate, s.mlp_bias, s.glu)
+    if s.mlp_widths:  # per-layer widths, MoE layers included (gemma4)
+        dense = sum(_swiglu(H, w, s.mlp_bias, s.glu) for w in s.mlp_widths if w)
     norms = (s.layer_norms * L + 1 + s.moe_norms * n_moe) * norm + s.residual_weights + s.residual_params
     head = (0 if s.tied else V * H) + (V if s.lm_head_bias else 0)
 
@@ -183,4 +187,5 @@ def count_params(config) -> ParamCount:
         dense_mlp=full(dense),
         norms=full(norms),
         head=full(head),
+        other=full(s.extra_params),
     )
