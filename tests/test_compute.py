@@ -10,6 +10,8 @@ import torch
 import transformers as T
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import CACHE_KW, cache_of
+
 import moelab.compute as C
 
 TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
@@ -121,8 +123,8 @@ def test_prefill_flops_match_flop_counter_mode_within_2_percent(eager_mixtral):
 def test_decode_flops_match_flop_counter_mode_within_2_percent(eager_mixtral):
     cfg, m = eager_mixtral
     with torch.no_grad():
-        cache = m(torch.randint(0, 100, (3, 20)), use_cache=True).past_key_values
-    measured = count_with_flop_counter(m, torch.randint(0, 100, (3, 1)), past_key_values=cache)
+        cache = cache_of(m(torch.randint(0, 100, (3, 20)), use_cache=True))
+    measured = count_with_flop_counter(m, torch.randint(0, 100, (3, 1)), **{CACHE_KW: cache})
     predicted = C.forward_flops(cfg, batch=3, seq_len=1, past=20, logits="all").total
     assert abs(predicted - measured) / measured < 0.02
 

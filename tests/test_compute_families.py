@@ -10,6 +10,7 @@ import functools
 import pytest
 import torch
 import transformers as T
+from conftest import CACHE_KW, cache_of
 from torch.utils.flop_counter import FlopCounterMode
 
 import moelab.compute as C
@@ -177,10 +178,10 @@ def test_deepseek_v4_decode_past_the_window_multiplies_the_kept_window_and_the_c
                                                experts_implementation="eager").eval().requires_grad_(False)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        cache = model(torch.randint(3, 100, (2, 70), generator=g), use_cache=True).past_key_values
+        cache = cache_of(model(torch.randint(3, 100, (2, 70), generator=g), use_cache=True))
         assert all(layer.keys.shape[2] == 15 for layer in cache.layers)
         with FlopCounterMode(display=False) as fc:
-            model(torch.randint(3, 100, (2, 1), generator=g), cache=cache, use_cache=True)
+            model(torch.randint(3, 100, (2, 1), generator=g), **{CACHE_KW: cache}, use_cache=True)
     assert C.forward_flops(config, batch=2, seq_len=1, past=70).total == fc.get_total_flops()
 
 
@@ -195,9 +196,9 @@ def _decode_step(model_type: str):
                                                experts_implementation="eager").eval().requires_grad_(False)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        cache = model(torch.randint(3, 100, (2, 12), generator=g), use_cache=True).past_key_values
+        cache = cache_of(model(torch.randint(3, 100, (2, 12), generator=g), use_cache=True))
         with FlopCounterMode(display=False) as fc:
-            model(torch.randint(3, 100, (2, 1), generator=g), cache=cache, use_cache=True)
+            model(torch.randint(3, 100, (2, 1), generator=g), **{CACHE_KW: cache}, use_cache=True)
     return model.config, fc.get_total_flops()
 
 
@@ -244,7 +245,7 @@ def test_kv_bytes_per_token_equal_what_the_cache_stores_per_token(model_type):
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
     with torch.no_grad():
-        cache = model(torch.randint(3, 100, (1, 10)), use_cache=True).past_key_values
+        cache = cache_of(model(torch.randint(3, 100, (1, 10)), use_cache=True))
     stored = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers
                  if getattr(layer, "keys", None) is not None)
     assert C.kv_bytes_per_token(model.config, "fp32") == stored / 10 * 4
@@ -316,9 +317,9 @@ def test_gemma4_global_head_dim_kv_sharing_and_k_eq_v_are_exact_in_params_flops_
     assert C.count_params(model.config).total == sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(1)
     with FlopCounterMode(display=False) as prefill, torch.no_grad():
-        cache = model(torch.randint(3, 100, (2, 12), generator=g), use_cache=True).past_key_values
+        cache = cache_of(model(torch.randint(3, 100, (2, 12), generator=g), use_cache=True))
     with FlopCounterMode(display=False) as decode, torch.no_grad():
-        model(torch.randint(3, 100, (2, 1), generator=g), cache=cache, use_cache=True)
+        model(torch.randint(3, 100, (2, 1), generator=g), **{CACHE_KW: cache}, use_cache=True)
     assert C.forward_flops(model.config, batch=2, seq_len=12).total == prefill.get_total_flops()
     assert C.forward_flops(model.config, batch=2, seq_len=1, past=12).total == decode.get_total_flops()
     stored = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers
@@ -342,7 +343,7 @@ def test_decode_past_the_window_meets_the_window_minus_one_cached_keys_plus_the_
     assert windows and max(windows) < 70  # the 70-token prompt runs past every sliding window
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        cache = model(torch.randint(3, 100, (2, 70), generator=g), use_cache=True).past_key_values
+        cache = cache_of(model(torch.randint(3, 100, (2, 70), generator=g), use_cache=True))
         with FlopCounterMode(display=False) as fc:
-            model(torch.randint(3, 100, (2, 1), generator=g), cache=cache, use_cache=True)
+            model(torch.randint(3, 100, (2, 1), generator=g), **{CACHE_KW: cache}, use_cache=True)
     assert C.forward_flops(model.config, batch=2, seq_len=1, past=70).total == fc.get_total_flops()
