@@ -42,3 +42,18 @@ def test_every_public_name_in_the_api_table_exists():
                                   "docs/interventions.md", "docs/scale.md", "requirements/lock.txt"])
 def test_files_the_readme_links_exist(path):
     assert (README.parent / path).is_file()
+
+
+def test_the_readme_names_every_untraced_moe_type_and_states_the_swept_counts():
+    from moelab.arch import UNSUPPORTED
+    from moelab.arch.capabilities import adapter_model_types, moe_model_types
+
+    text = README.read_text(encoding="utf-8")
+    swept = moe_model_types()
+    traced = [mt for mt in swept if mt in adapter_model_types()]
+    listed = [mt for mt in swept if mt in UNSUPPORTED]
+    assert f"of its {len(swept)} decoder-only MoE causal-LM types, **{len(traced)} are traced**" in text
+    assert f"The other {len(listed)} are listed" in text
+    missing = [mt for mt in UNSUPPORTED if f"| {mt} |" not in text and f"{mt} and" not in text
+               and f"and {mt} are listed" not in text]
+    assert not missing, f"untraced model types the README does not name: {missing}"
