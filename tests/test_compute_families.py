@@ -347,3 +347,47 @@ def test_decode_past_the_window_meets_the_window_minus_one_cached_keys_plus_the_
         with FlopCounterMode(display=False) as fc:
             model(torch.randint(3, 100, (2, 1), generator=g), **{CACHE_KW: cache}, use_cache=True)
     assert C.forward_flops(model.config, batch=2, seq_len=1, past=70).total == fc.get_total_flops()
+
+
+# every family whose tiny config has a windowed layer (a sliding window, or llama4's chunks), and mixtral with one set;
+# each windowed layer caches the last window - 1 tokens (transformers' DynamicSlidingWindowLayer)
+WINDOWED = {mt: dict(sliding_window=16) for mt in ["gpt_oss", "mimo_v2_flash", "granitemoe_swa", "afmoe", "beam",
+                                                    "cohere2_moe", "exaone_moe", "flint", "kolibri1", "lara_mini",
+                                                    "dots3_note_text", "deepseek_v4", "mixtral"]}
+WINDOWED["llama4_text"] = dict(attention_chunk_size=16)
+WINDOWED["phimoe"] = dict(sliding_window=16)
+WINDOWED["qwen2_moe"] = dict(use_sliding_window=True, sliding_window=16,  # sliding where layer_types says
+                             layer_types=["sliding_attention", "full_attention"] * 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _steps_past_the_window(model_type: str):
+    """(config, FlopCounterMode totals of: a 2 x 40-token prefill through a 16-token window, a 2 x 1-token decode
+    step on that cache, then a 2 x 3-token step on the 41-token cache)."""
+    cfg = tiny_config(model_type)
+    for k, v in WINDOWED[model_type].items():
+        setattr(cfg.get_text_config(), k, v)
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager",
+                                               experts_implementation="eager").eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    counted = []
+    cache = None
+    with torch.no_grad():
+        for S in (40, 1, 3):
+            with FlopCounterMode(display=False) as fc:
+                out = model(torch.randint(3, 100, (2, S), generator=g), cache=cache, use_cache=True)
+            cache = next(v for v in out.values() if isinstance(v, T.Cache))
+            counted.append(fc.get_total_flops())
+    return model.config, counted
+
+
+@pytest.mark.parametrize("model_type", list(WINDOWED))
+def test_steps_past_the_sliding_window_multiply_only_the_kept_window(model_type):
+    config, (prefill, decode, three) = _steps_past_the_window(model_type)
+    assert any(m.window == 16 for m in C.model_shape(config).layer_mixers)
+    f = functools.partial(C.forward_flops, config, batch=2, as_transformers=True)
+    assert f(seq_len=40).total == prefill  # a prefill multiplies the full masked 40 x 40 scores
+    assert f(seq_len=1, past=40).total == decode  # 15 kept + 1 new keys on every windowed layer
+    if all(m.kind == "attention" for m in C.model_shape(config).layer_mixers):  # a hybrid's 3-token step on a
+        assert f(seq_len=3, past=41).total == three  # cache runs its chunked scan, modelled for decode only

@@ -29,7 +29,7 @@ ones those modules create; tests check the sum against `model.parameters()`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -249,12 +249,13 @@ def olmoe_shape(c, common: dict) -> ModelShape:
 
 def qwen2_moe_shape(c, common: dict) -> ModelShape:
     qb = bool(getattr(c, "qkv_bias", True))
-    return ModelShape(
+    s = ModelShape(
         **common, num_experts=c.num_experts, top_k=c.num_experts_per_tok, expert_intermediate=c.moe_intermediate_size,
         shared_intermediate=c.shared_expert_intermediate_size, shared_gate=True,
         dense_intermediate=c.intermediate_size, moe_layer=_sparse_layers(c, c.num_experts),
         q_bias=qb, k_bias=qb, v_bias=qb,
     )
+    return _layer_windows(s, c, "sliding_attention", getattr(c, "sliding_window", None))  # max_window_layers decides
 
 
 def qwen3_moe_shape(c, common: dict) -> ModelShape:
@@ -286,23 +287,40 @@ def deepseek_v3_shape(c, common: dict) -> ModelShape:
 def gpt_oss_shape(c, common: dict) -> ModelShape:
     """Biased attention with sinks, biased router and experts, softmax over the top-k."""
     ab = bool(getattr(c, "attention_bias", True))
-    return ModelShape(
+    s = ModelShape(
         **{**common, "sliding_window": None}, num_experts=c.num_local_experts, top_k=c.num_experts_per_tok,
         expert_intermediate=c.intermediate_size, moe_layer=(True,) * c.num_hidden_layers,
         q_bias=ab, k_bias=ab, v_bias=ab, o_bias=ab, router_bias=True, expert_bias=True, attn_sinks=True,
     )
+    return _layer_windows(s, c, "sliding_attention", getattr(c, "sliding_window", None))
+
+
+def _layer_windows(s: ModelShape, c, kind: str, window: int | None) -> ModelShape:
+    """`s` with the window `window` on exactly the layers `config.layer_types` marks `kind` (gpt_oss's and qwen2_moe's
+    sliding layers, llama4's chunked ones: all keep a `window - 1`-token DynamicSlidingWindowLayer cache); `s` itself
+    when the config has no layer_types."""
+    types = getattr(c, "layer_types", None)
+    if not types:
+        return s
+    m = replace(s.attention_mixer, window=None)
+    mixers = tuple(replace(m, window=window if t == kind else None) for t in types)
+    windows = {x.window for x in mixers}
+    return replace(s, mixers=mixers, sliding_window=windows.pop() if len(windows) == 1 else None)
 
 
 def llama4_shape(c, common: dict) -> ModelShape:
     """MoE on `config.moe_layers` with one shared expert; dense layers use `intermediate_size_mlp`."""
     moe = set(c.moe_layers)
     ab = bool(getattr(c, "attention_bias", False))
-    return ModelShape(
+    s = ModelShape(
         **{**common, "sliding_window": None}, num_experts=c.num_local_experts, top_k=c.num_experts_per_tok,
         expert_intermediate=c.intermediate_size, num_shared=1, shared_intermediate=c.intermediate_size,
         dense_intermediate=c.intermediate_size_mlp, moe_layer=tuple(i in moe for i in range(c.num_hidden_layers)),
         q_bias=ab, k_bias=ab, v_bias=ab, o_bias=ab, dense_experts=True,
     )
+    # chunked layers: a window of attention_chunk_size for the cache and the eager key count (causal_skip=True counts
+    # them as a sliding window, an upper bound on the within-chunk keys)
+    return _layer_windows(s, c, "chunked_attention", getattr(c, "attention_chunk_size", None))
 
 
 DENSE_READERS = {"mistral": dense_shape, "llama": dense_shape}

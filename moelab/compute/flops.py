@@ -31,9 +31,10 @@ of every traced family, for a prefill from an empty cache and for a one-token de
 n_keys: a forward of S new tokens after P cached tokens. Dense attention kernels (eager,
 SDPA math) compute every query against all P+S keys and mask afterwards, so
 n_keys = P + S for every query (`causal_skip=False`, the default, and what FlopCounterMode
-reports; a sliding layer's cache keeps window - 1 tokens: min(P, window - 1) + S). Kernels that
-skip masked blocks (FlashAttention) do query i against P+i+1 keys, capped by a sliding window
-(`causal_skip=True`). Decode (S=1) gives n_keys = P+1 either way.
+reports). Kernels that skip masked blocks (FlashAttention) do query i against P+i+1 keys,
+capped by a sliding window (`causal_skip=True`). Decode (S=1) gives n_keys = P+1 either way.
+A layer with a sliding window W (or a chunk, llama4) caches only the last W-1 tokens (transformers'
+DynamicSlidingWindowLayer), so there P becomes min(P, W-1): decode past the window multiplies W keys.
 
 Reference: Kaplan et al. 2020 (arXiv:2001.08361) Table 1 for the per-token accounting;
 Chinchilla (arXiv:2203.15556) Appendix F for the attention terms.
@@ -195,17 +196,19 @@ def compressed_attention_keys(m, batch: int, seq_len: int, past: int = 0, causal
     compressor has emitted so far; a CSA layer's indexer scores every query against them: 2 B S h_i d_i n."""
     rate, index_heads, index_dim = m.compress
     n = (past + seq_len) // rate if rate else 0
-    if causal_skip:
-        local = _keys_sum(seq_len, past, True, m.window)
-    else:
-        local = seq_len * ((min(past, m.window - 1) if m.window else past) + seq_len)
+    local = _keys_sum(seq_len, past, causal_skip, m.window)
     return float(batch * (local + seq_len * n)), 2.0 * batch * seq_len * index_heads * index_dim * n
 
 
 def _keys_sum(S: int, P: int, causal_skip: bool, window: int | None) -> float:
-    """Sum over the S new queries of the number of keys each is multiplied with. Without causal_skip, a sliding
-    layer's cache holds the last window - 1 of the P cached tokens (transformers' DynamicSlidingWindowLayer), so
-    every query meets min(P, window - 1) + S keys."""
+    """Sum over the S new queries of the number of keys each is multiplied with.
+
+    A windowed layer's cache (transformers' DynamicSlidingWindowLayer, sliding and chunked layers alike) keeps the last
+    window - 1 tokens, so a dense kernel multiplies each new query with min(P, window - 1) + S keys:
+
+    >>> _keys_sum(1, 70, False, 16), _keys_sum(1, 70, False, None), _keys_sum(3, 70, False, 16)  # 15 + 1, 70 + 1, 3 x 18
+    (16.0, 71.0, 54.0)
+    """
     if not causal_skip:
         return float(S * ((min(P, window - 1) if window else P) + S))
     if window is None:
@@ -262,7 +265,8 @@ def forward_flops(
             continue
         proj += 2.0 * mixer_weights(m, H) * T
         if m.mla and as_transformers:  # kv_b_proj re-expands the P cached latents too
-            proj += 2.0 * m.mla[1] * m.heads * (m.mla[2] + m.mla[4]) * batch * past
+            cached = min(past, m.window - 1) if m.window else past  # a sliding layer keeps window - 1 latents
+            proj += 2.0 * m.mla[1] * m.heads * (m.mla[2] + m.mla[4]) * batch * cached
         keys = batch * _keys_sum(seq_len, past, causal_skip, m.window)
         if m.compress:  # deepseek_v4: a truncated sliding cache plus compressed entries, scored by an indexer
             keys, index_flops = compressed_attention_keys(m, batch, seq_len, past, causal_skip)
