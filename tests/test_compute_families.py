@@ -391,3 +391,59 @@ def test_steps_past_the_sliding_window_multiply_only_the_kept_window(model_type)
     assert f(seq_len=1, past=40).total == decode  # 15 kept + 1 new keys on every windowed layer
     if all(m.kind == "attention" for m in C.model_shape(config).layer_mixers):  # a hybrid's 3-token step on a
         assert f(seq_len=3, past=41).total == three  # cache runs its chunked scan, modelled for decode only
+
+
+def _cached_bytes(cache) -> int:
+    """Bytes of the per-token tensors a transformers cache holds, read off its layers' attributes (keys, values, a DSA
+    indexer's keys, deepseek_v4's compressed entries; one tensor under two names, deepseek_v4's K = V, once), less
+    the fixed-size per-sequence states (conv / recurrent states, compressor buffers and overlaps)."""
+    seen = {}
+    for layer in cache.layers:
+        for name, value in vars(layer).items():
+            if any(w in name for w in ("conv", "recurrent", "buffer", "overlap", "position")):
+                continue
+            for t in value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]:
+                if isinstance(t, torch.Tensor) and t.dim() >= 3:
+                    seen[t.data_ptr(), t.shape] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def _cache_after(config, tokens: int):
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        out = model(torch.randint(3, 100, (1, tokens), generator=torch.Generator().manual_seed(1)), use_cache=True)
+    return model.config, next(v for v in out.values() if isinstance(v, T.Cache))  # `past_key_values` before 5.24
+
+
+def _config(model_type: str, fields: dict):
+    cfg = tiny_config(model_type)
+    for k, v in fields.items():
+        setattr(cfg.get_text_config(), k, v)
+    return cfg
+
+
+KV_CASES = ([(mt, {}, 70) for mt in FIRST + DEFAULT] + [(mt, VARIANTS[mt], 70) for mt in VARIANTS]
+            + [(mt, WINDOWED[mt], 40) for mt in WINDOWED])
+
+
+@pytest.mark.parametrize("model_type,fields,tokens", KV_CASES,
+                         ids=[f"{m}-{'-'.join(f) or 'default'}-{n}" for m, f, n in KV_CASES])
+def test_kv_cache_bytes_equal_the_bytes_the_transformers_cache_holds(model_type, fields, tokens):
+    # MLA families cache the latent (kv_lora_rank + qk_rope_head_dim), not per-head K and V; windows keep window - 1
+    config, cache = _cache_after(_config(model_type, fields), tokens)
+    assert C.kv_cache_bytes(config, batch=1, context=tokens, kv_dtype="fp32") == _cached_bytes(cache)
+
+
+MLA = ["deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite", "glm_moe_dsa", "sarvam_mla", "axk1", "axk2",
+       "dots3_note_text", "kimi_linear", "bailing_hybrid"]
+
+
+@pytest.mark.parametrize("model_type", MLA)
+def test_mla_kv_bytes_per_token_are_the_latent_plus_rope_key_plus_indexer_key(model_type):
+    config, cache = _cache_after(tiny_config(model_type), 10)
+    s = C.model_shape(config)
+    _, kv_rank, _, rope, _ = s.mla
+    attention = [m for m in s.layer_mixers if m.kind == "attention"]
+    closed_form = sum(kv_rank + rope + m.index_dim for m in attention) * 4  # index_dim 0 without an indexer
+    assert C.kv_bytes_per_token(config, "fp32") == closed_form == _cached_bytes(cache) / 10
