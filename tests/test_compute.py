@@ -326,3 +326,19 @@ def test_hardware_table_has_sourced_datasheet_numbers():
 def test_this_machine_reports_measured_positive_numbers():
     hw = C.this_machine(size_mb=4, n=64)
     assert hw.bandwidth_gbs > 0 and hw.peak_tflops > 0 and hw.source.startswith("measured")
+
+
+def test_fits_max_context_is_the_boundary_with_windowed_layers():
+    cfg = C.gpt_oss_120b_config()  # half the layers keep a 128-token window: the cache still grows, more slowly
+    r = C.fits(cfg, "H200", "int4", batch=16, context=4096)
+    assert C.fits(cfg, "H200", "int4", batch=16, context=r.max_context).fits
+    assert not C.fits(cfg, "H200", "int4", batch=16, context=r.max_context + 1).fits
+    per_token = C.kv_bytes_per_token(cfg, "fp16") * 16
+    assert r.max_context > (r.capacity_gb - r.weights_gb) * 1e9 // per_token  # more than without the windows
+
+
+def test_fits_any_context_once_every_layer_is_windowed():
+    cfg = T.MixtralConfig(num_hidden_layers=2, sliding_window=4096)
+    r = C.fits(cfg, "H200", "fp16", batch=1, context=100_000)
+    assert r.fits and r.max_context == 2**31 - 1
+    assert C.kv_cache_bytes(cfg, 1, 100_000) == C.kv_cache_bytes(cfg, 1, 4095) == 4095 * C.kv_bytes_per_token(cfg)

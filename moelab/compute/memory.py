@@ -29,7 +29,7 @@ glm_moe_dsa, sarvam_mla, axk1, axk2, dots3_note, kimi_linear, bailing_hybrid: `c
 shapes [B, 1, S, kv_lora_rank] and [B, 1, S, qk_rope_head_dim]) and re-expands it through kv_b_proj every step, which
 is also what MLA serving engines (vLLM, SGLang) cache (DeepSeek-V2 paper, arXiv:2405.04434 Sec. 2.1: (d_c + d_h^R) l
 elements per token). So one count serves both views: DeepSeek-V3 caches 512 + 64 = 576 elements per layer per token,
-70.2 KB per token over 61 layers in bf16, where expanded per-head K and V (128 heads x (192 + 128)) would be 71x
+70.3 KB per token over 61 layers in bf16, where expanded per-head K and V (128 heads x (192 + 128)) would be 71x
 that (5.0 MB); tests/test_compute_families.py checks the count against the bytes a tiny model's cache holds.
 Sizes are in bytes or GB (1e9); GPU capacities come from `hardware.py` (GiB, converted).
 
