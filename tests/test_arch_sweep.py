@@ -255,3 +255,53 @@ def test_the_gemma4_multimodal_wrapper_records_token_ids_and_skips_padding_like_
         model(input_ids=ids, attention_mask=mask)
     np.testing.assert_array_equal(tr.token_id, ids[mask.bool()].numpy())  # real tokens only, row by row
     np.testing.assert_array_equal(tr.position, [0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+
+
+def test_a_config_that_does_not_build_offline_is_reported_unknown_with_its_error(monkeypatch):
+    """A causal-LM type whose default config raises is swept and reported, not skipped."""
+    import transformers
+
+    from moelab.arch import capabilities
+
+    real = transformers.AutoConfig.for_model
+
+    def for_model(mt, *a, **kw):
+        if mt == "broken_moe":
+            raise ValueError("num_experts must be set, got None")
+        return real(mt, *a, **kw)
+
+    monkeypatch.setattr(transformers.AutoConfig, "for_model", for_model)
+    monkeypatch.setattr(capabilities, "causal_lm_types", lambda: ["broken_moe", "llama", "mixtral"])
+    assert capabilities.moe_model_types() == ["broken_moe", "mixtral"]      # llama builds and is dense: left out
+    (cap,) = sweep(["broken_moe"])
+    assert not cap.traced and cap.reason.startswith("UNKNOWN: does not build offline")
+    assert "ValueError: num_experts must be set, got None" in cap.reason
+
+
+def test_types_left_out_as_not_moe_fail_to_build_and_cannot_enable_experts():
+    """Each NOT_MOE entry is a config that does not build from defaults, and gemma4_assistant refuses an MoE block."""
+    from moelab.arch.capabilities import NOT_MOE, build_error
+
+    for mt in NOT_MOE:
+        _available(mt)
+        assert build_error(mt) is not None, f"{mt} builds from its defaults now: let the sweep read it"
+    if "gemma4_assistant" in NOT_MOE:
+        from transformers import CONFIG_MAPPING
+
+        text = CONFIG_MAPPING["gemma4_text"](hidden_size_per_layer_input=0, vocab_size_per_layer_input=0,
+                                             enable_moe_block=True, use_double_wide_mlp=False)
+        with pytest.raises(Exception, match="enable_moe_block must be False"):
+            CONFIG_MAPPING["gemma4_assistant"](text_config=text)
+
+
+def test_a_config_with_several_text_configs_is_read_not_skipped():
+    """musicgen's get_text_config() is ambiguous (text_encoder, decoder): each sub-config is read instead."""
+    from transformers import AutoConfig
+
+    from moelab.arch.capabilities import _declares_experts
+
+    _available("musicgen")
+    cfg = AutoConfig.for_model("musicgen")
+    assert _declares_experts(cfg) is False
+    cfg.decoder.num_experts = 8                              # the same config with experts in one sub-config
+    assert _declares_experts(cfg) is True

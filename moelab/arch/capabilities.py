@@ -25,6 +25,12 @@ from .tiny import is_moe_config, tiny_config
 
 IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 
+# causal-LM types whose config does not build from its defaults, proven not MoE (tests/test_arch_sweep.py checks
+# each claim); any other such type is swept and reported UNKNOWN with its error, never skipped
+NOT_MOE: dict[str, str] = {
+    "gemma4_assistant": "its config validator requires text_config.enable_moe_block=False (a dense draft model)",
+}
+
 # traced model types without a shape reader in moelab.compute yet, and what their blocks add beyond the readers
 NO_ACCOUNTING: dict[str, str] = {
 }
@@ -55,18 +61,45 @@ def causal_lm_types() -> list[str]:
 
 
 def moe_model_types() -> list[str]:
-    """Causal-LM model types whose default config declares routed experts (plus the registry's own)."""
+    """Causal-LM model types whose default config declares routed experts (plus the registry's own).
+
+    A type whose config does not build from its defaults is included (and `sweep` reports it UNKNOWN with
+    the error) unless `NOT_MOE` says why it is not MoE: nothing is passed over silently.
+    """
     from transformers import AutoConfig
 
     out = set()
     for mt in causal_lm_types():
         try:
-            if is_moe_config(AutoConfig.for_model(mt)):
+            cfg = AutoConfig.for_model(mt)
+        except Exception:  # noqa: BLE001 - swept (and reported UNKNOWN) unless proven not MoE
+            if mt not in NOT_MOE:
                 out.add(mt)
-        except Exception:  # noqa: BLE001 - a config that cannot be built by default is not swept
             continue
+        if _declares_experts(cfg):
+            out.add(mt)
     covered = {mt for a in ADAPTERS for mt in a.model_types}
     return sorted(out | (covered & set(causal_lm_types())) | (set(UNSUPPORTED) & set(causal_lm_types())))
+
+
+def _declares_experts(cfg) -> bool:
+    """is_moe_config, also for a config with several text sub-configs (musicgen: text_encoder and decoder)."""
+    try:
+        return is_moe_config(cfg)
+    except ValueError:  # get_text_config() is ambiguous: any of the sub-configs declaring experts counts
+        subs = [getattr(cfg, name, None) for name in getattr(cfg, "sub_configs", {})]
+        return any(is_moe_config(c) for c in subs if c is not None and not isinstance(c, dict))
+
+
+def build_error(model_type: str) -> str | None:
+    """Why `model_type`'s config does not build offline from its defaults, or None when it does."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.for_model(model_type)
+    except Exception as e:  # noqa: BLE001 - any failure is the answer
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return None
 
 
 def adapter_model_types() -> dict[str, str]:
@@ -225,8 +258,14 @@ def sweep(model_types=None) -> list[Capability]:
             except Exception as e:  # noqa: BLE001 - reported in the matrix and failed by the test
                 out.append(Capability(mt, reason=f"FAILED: {type(e).__name__}: {str(e)[:200]}"))
         else:
-            out.append(Capability(mt, reason=UNSUPPORTED.get(mt, "UNKNOWN: an MoE model type with no adapter and no "
-                                                                   "reason in moelab.arch.registry.UNSUPPORTED")))
+            reason = UNSUPPORTED.get(mt)
+            if reason is None:
+                err = build_error(mt)
+                reason = (f"UNKNOWN: does not build offline from its defaults ({err}), so whether it is MoE is "
+                          "unknown; add an adapter, a reason in moelab.arch.registry.UNSUPPORTED, or NOT_MOE"
+                          if err else "UNKNOWN: an MoE model type with no adapter and no reason in "
+                          "moelab.arch.registry.UNSUPPORTED")
+            out.append(Capability(mt, reason=reason))
     return out
 
 
