@@ -12,7 +12,9 @@ Left: one heatmap per model, layers x experts, the fraction of that layer's
 top-k assignments each expert gets (uniform = 1/E); the smallest share of each
 layer is written next to its row. Right: the coefficient of variation of each
 layer's load (`moelab.metrics.balance`, 0 = balanced) for every model, with an
-optional bar (e.g. issue 16's 0.35) and the perplexities in the legend.
+optional bar (e.g. issue 16's 0.35) and the perplexities in the legend. Only routed
+experts are shown: a trace whose meta["shared_experts"] is above 0 gets a note below
+("+N shared experts run for every token (not shown)").
 
 Why it matters: transformers' `load_balancing_loss_func` pools all layers before
 E·Σᵢ fᵢ·Pᵢ, so it is satisfied when layers favour different experts; the Switch
@@ -28,6 +30,7 @@ from matplotlib.figure import Figure
 
 from .. import metrics
 from ..routing_trace import RoutingTrace
+from .figures import shared_count, shared_note
 from .style import SEQUENTIAL_CMAP, group_colors, styled
 
 __all__ = ["balance_compare", "layer_load_table"]
@@ -86,7 +89,8 @@ def balance_compare(models: dict, *, perplexity: dict | None = None, cv_bar: flo
         mat = load.to_numpy(float)
         im = ax.imshow(mat, aspect="auto", cmap=SEQUENTIAL_CMAP, vmin=0.0, vmax=vmax, interpolation="nearest")
         ax.grid(False)
-        ax.set_xticks(range(mat.shape[1]))
+        E = mat.shape[1]
+        ax.set_xticks(range(E) if E <= 32 else range(0, E, max(E // 16, 1)))
         ax.set_yticks(range(mat.shape[0]))
         ax.set_yticklabels([str(i) for i in load.index])
         ax.set_xlabel("expert")
@@ -112,4 +116,11 @@ def balance_compare(models: dict, *, perplexity: dict | None = None, cv_bar: flo
     ax.set_title("per-layer imbalance")
     if title:
         fig.suptitle(title)
+    shared = {label: shared_count(obj) for label, obj in models.items()}
+    if any(shared.values()):                 # routed experts only are shown: say what runs besides them
+        if len(set(shared.values())) == 1:
+            note = shared_note(next(iter(shared.values())))
+        else:
+            note = "; ".join(f"{label}: {shared_note(n)}" for label, n in shared.items() if n)
+        fig.supxlabel(note, fontsize=8, color="0.35")
     return fig

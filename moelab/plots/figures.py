@@ -80,22 +80,44 @@ def _heatmap(ax, fig, mat, *, xlabel, ylabel, yticks, cbar_label, vmin=None, vma
     return im
 
 
+def shared_note(n: int) -> str:
+    """The line a load figure carries when the model also has `n` shared experts.
+
+        >>> shared_note(2)
+        '+2 shared experts run for every token (not shown)'
+    """
+    return f"+{n} shared expert{'s' if n != 1 else ''} run for every token (not shown)"
+
+
+def shared_count(obj, shared_experts: int | None = None) -> int:
+    """Shared experts per MoE layer: the explicit count, else a trace's meta["shared_experts"], else 0."""
+    if shared_experts is not None:
+        return int(shared_experts)
+    return int((obj.meta.get("shared_experts") or 0) if isinstance(obj, RoutingTrace) else 0)
+
+
 @styled
-def load_heatmap(load, *, first_only: bool = False, title: str | None = None) -> Figure:
+def load_heatmap(load, *, first_only: bool = False, title: str | None = None,
+                 shared_experts: int | None = None) -> Figure:
     """Heatmap of the fraction of assignments each expert gets, layers x experts.
 
         >>> fig = load_heatmap(trace)                               # doctest: +SKIP
 
     `load` is a trace or the frame of `metrics.expert_load` (index (layer, expert)).
+    Only routed experts are shown; when the model has shared experts (a trace's
+    meta["shared_experts"], or `shared_experts=` for a frame) a note below says so.
     """
     df = _frame(load, metrics.expert_load, "load_heatmap", first_only=first_only)
     _need(df, ["layer", "expert", "fraction"], "load_heatmap", "metrics.expert_load(trace)")
     mat = df["fraction"].unstack("expert")                          # (layers, E)
-    fig = Figure(figsize=(1.2 + 0.45 * mat.shape[1], 1.2 + 0.22 * mat.shape[0]), layout="constrained")
+    fig = Figure(figsize=(min(1.2 + 0.45 * mat.shape[1], 16.0), 1.2 + 0.22 * mat.shape[0]), layout="constrained")
     ax = fig.add_subplot()
     _heatmap(ax, fig, mat.to_numpy(), xlabel="expert", ylabel="layer", yticks=list(mat.index),
              cbar_label="fraction of assignments", annotate=False)
     ax.set_title(title or f"Expert load (uniform = {1 / mat.shape[1]:.3f})")
+    n_shared = shared_count(load, shared_experts)
+    if n_shared > 0:
+        fig.supxlabel(shared_note(n_shared), fontsize=8, color="0.35")
     return fig
 
 
