@@ -136,3 +136,20 @@ def test_the_explorer_payload_round_trips_512_experts_and_16_choices(shifted, tm
     html = show(shifted).to_html()
     assert html.startswith("<!DOCTYPE html>") or "<html" in html[:200]
     assert show(shifted).save(tmp_path / "e512.html").stat().st_size > 1000
+
+
+def test_serving_tools_refuse_e512_with_the_value_and_the_grouped_cache_call_runs(skewed):
+    from moelab import serving
+
+    with pytest.raises(ValueError, match=r"num_experts=512 does not fit.*simulate_cache\(experts // 8, capacity, "
+                                         r"num_experts=64\)"):
+        serving.simulate_cache(skewed, 32, "lru")
+    grouped = serving.simulate_cache(skewed.experts // 8, 32, "lru", num_experts=64)     # the message's own fix
+    assert grouped.hit_rate.shape == (L,) and (grouped.hit_rate >= 0).all()
+    with pytest.raises(ValueError, match=r"num_experts <= 16 .*got num_experts=512"):
+        serving.dispatch_bytes_per_token(skewed, serving.contiguous_placement(E, 8), 8, hidden=64)
+    with pytest.raises(ValueError, match=r"4 <= num_experts <= 16.*num_experts=512"):
+        serving.mixtral_like_trace(100, 2, num_experts=E)
+    load = serving.expert_load(skewed)                                                  # (L, E): any E works
+    assert load.shape == (L, E) and (load.sum(1) == T * K).all()
+    assert serving.imbalance(load, serving.balanced_placement(load, 8), 8).shape == (L,)

@@ -65,7 +65,10 @@ def mask_dtype(E: int):
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if E <= np.iinfo(dt).bits:
             return np.dtype(dt)
-    raise ValueError(f"num_experts={E} does not fit a 64-bit expert mask; the cache simulator supports E <= 64")
+    g = -(-int(E) // 64)
+    raise ValueError(f"num_experts={E} does not fit a 64-bit expert mask (one bit per expert): the cache simulator "
+                     f"supports E <= 64. For more experts, cache groups of {g} experts as one unit (an approximation: "
+                     f"a group loads whole): simulate_cache(experts // {g}, capacity, num_experts={-(-int(E) // g)})")
 
 
 def to_masks(ex, E: int) -> np.ndarray:

@@ -195,7 +195,9 @@ def dispatch_bytes_per_token(x, placement, G: int, hidden: int, bytes_per_elemen
     P = np.broadcast_to(P, (L, P.shape[-1])) if P.ndim == 1 or P.shape[0] == 1 else P
     g = _check_g(G, P.shape[1])
     if E > 16:
-        raise ValueError(f"dispatch_bytes_per_token supports num_experts <= 16 (histogram over expert sets); got {E}")
+        raise ValueError(f"dispatch_bytes_per_token supports num_experts <= 16 (a histogram over the 2**E expert "
+                         f"sets of a layer); got num_experts={E}. gpu_loads / imbalance take any E; the bytes of a "
+                         "larger model have no exact path here yet")
     masks = to_masks(ex, E)  # (T, L)
     out = np.zeros(L)
     for l in range(L):
