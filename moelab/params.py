@@ -6,6 +6,8 @@
     (None, 24, 64, False)
     >>> notebook_params(environ={"MOELAB_FAST": "1", "MOELAB_DOCS_PER_DOMAIN": "30"}).docs_per_domain
     2
+    >>> env_int("WINDOWS", 1, environ={"MOELAB_WINDOWS": "3"})     # a notebook's own extra parameter
+    3
 
 Every notebook's first cell (tagged `parameters`) reads the same variables; each notebook
 keeps its own defaults as keyword arguments, so it still stands alone:
@@ -25,7 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
-__all__ = ["NotebookParams", "notebook_params"]
+__all__ = ["NotebookParams", "env_int", "notebook_params"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +79,8 @@ def notebook_params(*, model: str | None = None, dtype: str | None = None, devic
     return NotebookParams(model=env.get("MOELAB_MODEL") or model, dtype=env.get("MOELAB_DTYPE") or dtype,
                           device=device, docs_per_domain=docs, seq_len=seq,
                           figures=env.get("MOELAB_FIGURES") or figures, fast=fast)
+
+
+def env_int(name: str, default: int, *, environ=None) -> int:
+    """A notebook's own whole-number parameter MOELAB_<name> (>= 1), checked like the shared ones."""
+    return _int(os.environ if environ is None else environ, name, default)

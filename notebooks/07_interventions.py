@@ -42,18 +42,15 @@
 # with `MOELAB_WINDOWS` windows per domain.
 
 # %% tags=["parameters"]
-import os
-from pathlib import Path
+# Parameters: MOELAB_* environment variables over this notebook's defaults (moelab.params; papermill style).
+from moelab.params import env_int, notebook_params
 
-MODEL = os.environ.get("MOELAB_MODEL") or None             # None = the embedded moelab-mixtral-tiny
-DTYPE = os.environ.get("MOELAB_DTYPE") or "float32"        # the reference precision for every study
-DEVICE = os.environ.get("MOELAB_DEVICE", "auto")           # cpu | cuda | auto
-WINDOWS = int(os.environ.get("MOELAB_WINDOWS", "1"))       # held-out windows per domain (ablation sweep; 3 = the slice)
-SEQ_LEN = int(os.environ.get("MOELAB_SEQ_LEN", "128"))
-SCORE_WINDOWS = int(os.environ.get("MOELAB_SCORE_WINDOWS", "1"))   # windows per domain for the frontier
-REPLAY_SEQ = int(os.environ.get("MOELAB_REPLAY_SEQ", "64"))         # window of the bf16 replay study
-FIGURES = os.environ.get("MOELAB_FIGURES") or ("../figures" if Path.cwd().name == "notebooks" else "figures")
-FAST = os.environ.get("MOELAB_FAST", "0") == "1"            # 1 = small slices (tests)
+P = notebook_params(dtype="float32", seq_len=128, fast_seq_len=48)   # float32: the reference precision
+MODEL, DTYPE, DEVICE, FIGURES = P.model, P.dtype, P.device, P.figures
+SEQ_LEN, FAST = P.seq_len, P.fast
+WINDOWS = env_int("WINDOWS", 1)               # held-out windows per domain (ablation sweep; 3 = the slice)
+SCORE_WINDOWS = env_int("SCORE_WINDOWS", 1)   # windows per domain for the frontier
+REPLAY_SEQ = env_int("REPLAY_SEQ", 64)        # window of the bf16 replay study
 
 # %%
 # %matplotlib inline
@@ -68,12 +65,12 @@ from IPython.display import display
 import moelab
 from moelab.data import domains as all_domains
 from moelab.interventions import ablation_sweep, bias_sweep, frontier, intervene, replay_gap, score
-from moelab.notebooks import resolve_device_dtype
+from moelab.notebooks import figures_dir, resolve_device_dtype
 from moelab.plots import save
 from moelab.plots.interventions import (ablation_heatmaps, bias_sweep_plot, frontier_plot, importance_vs_usage,
                                         replay_gap_plot)
 
-FIGURES = Path(FIGURES)
+FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
 device, dtype = resolve_device_dtype(DEVICE, DTYPE, MODEL)
 DOMAINS = all_domains()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-COURSE = ["01", "02", "03", "04", "05", "06", "09", "10"]
+COURSE = ["01", "02", "03", "04", "05", "06", "07", "08", "09", "10"]
 
 
 def _source(prefix: str) -> str:

@@ -1,10 +1,10 @@
 """
 Figures of notebook 08 (routing -> serving). Each function takes the library's tables, returns a Figure.
 
-    hit_rate_curves(table)        mean hit rate vs cache size per policy, one panel per trace
+    hit_rate_curves(table)        hit rate vs cache size per policy (mean over layers, min-max band), per trace
     offload_speed_plot(df)        offloaded decode tokens/s vs cache size per weight dtype, per trace
     imbalance_plot(windows)       EP imbalance over time windows, before / after rebalancing, per trace
-    break_even_plot(df)           monthly cost, API vs self-hosted, by volume
+    break_even_plot(df)           monthly cost, API vs self-hosted, by volume (one panel per utilisation)
 """
 
 from __future__ import annotations
@@ -24,21 +24,28 @@ def _panels(n):
 
 @styled
 def hit_rate_curves(table, *, title=None) -> Figure:
-    """table: `hit_rate_table(...)` rows with a `trace` column (one panel each)."""
+    """table: `hit_rate_table(...)` rows with a `trace` column (one panel each). Per policy: the mean
+    over layers (line) and the min-max over layers (shaded band), so the per-layer spread shows."""
+    from matplotlib.patches import Patch
+
     traces = list(dict.fromkeys(table["trace"])) if "trace" in table else [None]
     fig, axes = _panels(len(traces))
     for ax, tr in zip(axes, traces):
         d = table if tr is None else table[table["trace"] == tr]
-        m = d.groupby(["policy", "capacity"]).hit_rate.mean().reset_index()
+        m = d.groupby(["policy", "capacity"]).hit_rate.agg(["mean", "min", "max"]).reset_index()
         for pol, g in m.groupby("policy"):
             c, ls, lab = _POLICY_STYLE.get(pol, (None, "-", pol))
-            ax.plot(g.capacity, g.hit_rate, ls, color=c, marker="o", ms=3, label=lab)
+            line, = ax.plot(g.capacity, g["mean"], ls, color=c, marker="o", ms=3, label=lab)
+            ax.fill_between(g.capacity, g["min"], g["max"], color=line.get_color(), alpha=0.15, lw=0)
         E = int(d.capacity.max())
         ax.plot(range(int(d.capacity.min()), E + 1), [c / E for c in range(int(d.capacity.min()), E + 1)],
                 color="0.6", lw=0.8, label="C/E (iid uniform)")
-        ax.set(xlabel="experts cached per layer (C)", ylabel="hit rate (mean over layers)", ylim=(0, 1.02),
+        n = d.layer.nunique() if "layer" in d else 1
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles + [Patch(color="0.5", alpha=0.3, lw=0)], labels + [f"band: min-max over {n} layers"],
+                  loc="lower right", fontsize=7)
+        ax.set(xlabel="experts cached per layer (C)", ylabel="hit rate (line: mean over layers)", ylim=(0, 1.02),
                title=str(tr) if tr is not None else None)
-    axes[0].legend(loc="lower right")
     if title:
         fig.suptitle(title)
     return fig
@@ -88,16 +95,24 @@ def imbalance_plot(windows, *, title=None) -> Figure:
 
 @styled
 def break_even_plot(df, *, title=None) -> Figure:
-    """df from `break_even_table` with a `setup` column (one line per setup) plus the API line."""
-    fig, (ax,) = _panels(1)
-    first = True
-    for setup, g in df.groupby("setup", sort=False):
-        if first:
-            ax.plot(g.volume, g.api_cost, "k--", label="API")
-            first = False
-        ax.step(g.volume, g.self_hosted_cost, where="post", label=setup)
-    ax.set(xscale="log", yscale="log", xlabel="tokens per month", ylabel="$ per month")
-    ax.legend(fontsize=7)
+    """df from `break_even_table` (or `report.break_even_sweep`) with a `setup` column (one line per setup)
+    plus the API line; with a `utilisation` column, one panel per utilisation (shared axes)."""
+    us = list(dict.fromkeys(df["utilisation"])) if "utilisation" in df else [None]
+    fig = Figure(figsize=(3.4 * len(us) + 0.6, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(us), sharey=True, squeeze=False)[0]
+    colors = {s: f"C{i}" for i, s in enumerate(dict.fromkeys(df["setup"]))}
+    for ax, u in zip(axes, us):
+        d = df if u is None else df[df["utilisation"] == u]
+        first = True
+        for setup, g in d.groupby("setup", sort=False):
+            if first:
+                ax.plot(g.volume, g.api_cost, "k--", label="API")
+                first = False
+            ax.step(g.volume, g.self_hosted_cost, where="post", color=colors[setup], label=setup)
+        ax.set(xscale="log", yscale="log", xlabel="tokens per month",
+               title=None if u is None else f"GPU utilisation {u:.0%}")
+    axes[0].set_ylabel("$ per month")
+    axes[0].legend(fontsize=7)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     return fig
