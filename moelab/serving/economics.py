@@ -13,6 +13,16 @@ decode speed an offloaded MoE reaches over its host link.
     self-hosted     = ceil(volume / capacity) GPUs x usd_per_hour x hours_per_month (+ fixed), where
                       capacity = tokens_per_s x 3600 x hours_per_month x utilisation  (dedicated GPUs)
 
+`hours_per_month` defaults to 730, the mean month (365 x 24 / 12); pass 720 for a 30-day rental.
+
+Quantised weights carry scales: integer dtypes (int8, int4) are counted with one fp16 scale per
+`group_size` weights (default 128, the GPTQ/AWQ default), i.e. int4 = 0.5 + 2/128 = 0.515625 bytes
+per weight; `group_size=None` counts the bare weights.
+
+    >>> from moelab.serving.economics import quantised_bytes_per_param
+    >>> quantised_bytes_per_param("int4"), quantised_bytes_per_param("int4", group_size=None)
+    (0.515625, 0.5)
+
 Offloaded decode (batch 1; Eliseev & Mazur 2023's setting), per token:
 
     t = bytes read from GPU memory / HBM bandwidth  +  experts missed x expert bytes / host-link bandwidth
@@ -38,6 +48,41 @@ def _positive(name, v):
     if not ok:
         raise ValueError(f"{name}={v!r} must be a positive number")
     return float(v)
+
+
+def _fraction(name, v):
+    try:
+        ok = 0 < float(v) <= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}={v!r} must be a fraction in (0, 1] (e.g. 0.7 for 70 % busy)")
+    return float(v)
+
+
+def _non_negative(name, v):
+    try:
+        ok = float(v) >= 0 and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}={v!r} must be a finite number >= 0 ($ per month on top of the GPUs)")
+    return float(v)
+
+
+INTEGER_DTYPES = ("int8", "int4")
+
+
+def quantised_bytes_per_param(dtype, group_size=128, scale_bytes=2.0) -> float:
+    """Bytes per weight at `dtype`, with one `scale_bytes` scale per `group_size` weights for integer
+    dtypes (int8, int4); float dtypes and `group_size=None` give the bare width (module docstring)."""
+    from ..compute.memory import dtype_bytes
+
+    b = float(dtype_bytes(dtype))
+    if group_size is None or str(dtype).replace("torch.", "").lower() not in INTEGER_DTYPES:
+        return b
+    g = _positive("group_size", group_size)
+    return b + _non_negative("scale_bytes", scale_bytes) / g
 
 
 def usd_per_million(tokens_per_s, usd_per_hour) -> float:
@@ -71,9 +116,9 @@ def self_hosted_monthly(volume, tokens_per_s, usd_per_hour, *, utilisation=1.0, 
                         fixed_monthly=0.0, dedicated=True) -> float:
     """$ per month to serve `volume` tokens: whole dedicated GPUs (default) or pay-per-hour-used."""
     tps, price = _positive("tokens_per_s", tokens_per_s), _positive("usd_per_hour", usd_per_hour)
-    u = _positive("utilisation", utilisation)
-    if u > 1:
-        raise ValueError(f"utilisation={utilisation!r} is a fraction in (0, 1]")
+    u = _fraction("utilisation", utilisation)
+    hours_per_month = _positive("hours_per_month", hours_per_month)
+    fixed_monthly = _non_negative("fixed_monthly", fixed_monthly)
     v = float(volume)
     if v < 0:
         raise ValueError(f"volume={volume!r} tokens per month must be >= 0")
@@ -107,8 +152,10 @@ def break_even_volume(api_price, tokens_per_s, usd_per_hour, *, utilisation=0.7,
     ((n-1) cap, n cap] from volume (n G + F) / api on; that needs n (cap x api - G) >= F, impossible
     whenever one GPU's month costs more than its capacity at API prices (cap x api <= G)."""
     a = _positive("api_price", api_price) / 1e6  # $ per token
+    hours_per_month = _positive("hours_per_month", hours_per_month)
+    fixed_monthly = _non_negative("fixed_monthly", fixed_monthly)
     G = _positive("usd_per_hour", usd_per_hour) * hours_per_month
-    cap = _positive("tokens_per_s", tokens_per_s) * 3600 * hours_per_month * _positive("utilisation", utilisation)
+    cap = _positive("tokens_per_s", tokens_per_s) * 3600 * hours_per_month * _fraction("utilisation", utilisation)
     margin = cap * a - G
     if margin <= 0:
         return math.inf
@@ -127,38 +174,46 @@ def cost_table(df, *, tokens_per_s="tokens_per_s", usd_per_hour="usd_per_hour"):
 
 
 # ----------------------------------------------------------------------------------- offloading
-def expert_bytes(config, dtype="fp16") -> float:
-    """Bytes of one expert's weights (one layer) at `dtype`."""
-    from ..compute.memory import dtype_bytes
+def expert_bytes(config, dtype="fp16", *, group_size=128) -> float:
+    """Bytes of one expert's weights (one layer) at `dtype`, int8/int4 with their group-wise fp16
+    scales (`quantised_bytes_per_param`; `group_size=None` for the bare weights)."""
     from ..compute.params import expert_params
     from ..compute.shape import model_shape
 
-    return expert_params(model_shape(config)) * dtype_bytes(dtype)
+    return expert_params(model_shape(config)) * quantised_bytes_per_param(dtype, group_size)
 
 
-def max_cache_size(config, gpu="RTX-4090", dtype="int4", *, reserve_gb=2.0) -> int:
+def max_cache_size(config, gpu="RTX-4090", dtype="int4", *, reserve_gb=2.0, group_size=128) -> int:
     """Largest per-layer cache size C whose weights fit the GPU: non-expert weights + layers x C experts
-    + `reserve_gb` (KV cache, activations, CUDA context). 0 if even C = 0 does not fit."""
+    + `reserve_gb` (KV cache, activations, CUDA context). 0 if even C = 0 does not fit.
+
+    Integer dtypes count one fp16 scale per `group_size` weights (module docstring): Mixtral 8x7B at
+    int4 on an RTX 4090 (24 GiB) with 2 GB reserved then holds C = 7 of 8 experts per layer; the bare
+    int4 weights (`group_size=None`) would claim all 8.
+
+    >>> from moelab.compute import mixtral_8x7b_config
+    >>> max_cache_size(mixtral_8x7b_config(), "RTX-4090", "int4"), max_cache_size(mixtral_8x7b_config(), "RTX-4090", "int4", group_size=None)
+    (7, 8)
+    """
     from ..compute.hardware import get_hardware
-    from ..compute.memory import dtype_bytes
     from ..compute.params import count_params
     from ..compute.shape import model_shape
 
     s = model_shape(config)
     p = count_params(s)
-    non_expert = (p.total - p.experts.total) * dtype_bytes(dtype)
-    free = get_hardware(gpu).memory_bytes - non_expert - reserve_gb * 1e9
-    c = int(free // (s.num_moe_layers * expert_bytes(s, dtype))) if free > 0 else 0
+    non_expert = (p.total - p.experts.total) * quantised_bytes_per_param(dtype, group_size)
+    free = get_hardware(gpu).memory_bytes - non_expert - _non_negative("reserve_gb", reserve_gb) * 1e9
+    c = int(free // (s.num_moe_layers * expert_bytes(s, dtype, group_size=group_size))) if free > 0 else 0
     return max(0, min(c, s.num_experts))
 
 
 def offloaded_tokens_per_s(config, hit_rate, gpu="RTX-4090", dtype="int4", *, link=None, link_efficiency=1.0,
-                           overlap=False, prefetch_loads_per_layer=0.0) -> float:
+                           overlap=False, prefetch_loads_per_layer=0.0, group_size=128) -> float:
     """Decode tokens/s at batch 1 with experts streamed over the host link (module docstring).
 
-    hit_rate: scalar or per-MoE-layer array (e.g. `simulate_cache(...).hit_rate`)."""
+    hit_rate: scalar or per-MoE-layer array (e.g. `simulate_cache(...).hit_rate`). Integer dtypes
+    read and move their group-wise scales too (`group_size`, as in `max_cache_size`)."""
     from ..compute.hardware import get_hardware, get_link
-    from ..compute.memory import dtype_bytes
     from ..compute.params import count_params
     from ..compute.shape import model_shape
 
@@ -169,8 +224,8 @@ def offloaded_tokens_per_s(config, hit_rate, gpu="RTX-4090", dtype="int4", *, li
     if ((h < 0) | (h > 1)).any():
         raise ValueError(f"hit_rate={hit_rate!r} must lie in [0, 1]")
     p = count_params(s)
-    b = dtype_bytes(dtype)
-    eb = expert_bytes(s, dtype)
+    b = quantised_bytes_per_param(dtype, group_size)
+    eb = expert_bytes(s, dtype, group_size=group_size)
     gpu_bytes = (p.total - p.embeddings.total - p.experts.total + s.hidden) * b + s.num_moe_layers * s.top_k * eb
     moved = (s.top_k * (1 - h).sum() + s.num_moe_layers * float(prefetch_loads_per_layer)) * eb
     t_gpu = gpu_bytes / (hw.bandwidth_gbs * 1e9)
