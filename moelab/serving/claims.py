@@ -199,7 +199,8 @@ def _rows():
     sums = {sum(w) for w in wins.values()}
     add("000-winrate-overall", "000", "overall win rates 43.6% / 45.8% / 10.6% tie (Mixtral / GPT-3.5) over five task types",
         " / ".join(f"{m:.1f}%" for m in means), "right",
-        f"unweighted mean of the five task rows (equal shares of the 200 prompts, 40 each); every row sums to " + "/".join(f"{x}" for x in sorted(sums)) + "%")
+        "unweighted mean of the five task rows (equal shares of the 200 prompts, 40 each); every row sums to "
+        + "/".join(f"{x}" for x in sorted(sums)) + "%")
     p1, p2, n = means[0] / 100, means[1] / 100, 200
     se = math.sqrt((p1 + p2 - (p1 - p2) ** 2) / n) * 100  # s.e. of a difference of two multinomial shares
     gap = (p2 - p1) * 100

@@ -192,7 +192,8 @@ def max_cache_size(config, gpu="RTX-4090", dtype="int4", *, reserve_gb=2.0, grou
     int4 weights (`group_size=None`) would claim all 8.
 
     >>> from moelab.compute import mixtral_8x7b_config
-    >>> max_cache_size(mixtral_8x7b_config(), "RTX-4090", "int4"), max_cache_size(mixtral_8x7b_config(), "RTX-4090", "int4", group_size=None)
+    >>> mx = mixtral_8x7b_config()
+    >>> max_cache_size(mx, "RTX-4090", "int4"), max_cache_size(mx, "RTX-4090", "int4", group_size=None)
     (7, 8)
     """
     from ..compute.hardware import get_hardware
