@@ -343,7 +343,7 @@ print(f"the sources' $/M claims are too low by {factors.factor.min():.0f}x to {f
 # * Under iid routing LRU gets exactly C/E; locality (Table 5's repeats) is what lifts a cache
 #   above that, and Bélády shows how much any policy could gain — see the `vs_belady` table.
 # * Offloading Mixtral 8x7B to a 24 GB card is a PCIe problem: every miss moves a whole expert
-#   (88 MB at int4), so the bytes moved per token and tokens/s follow the hit rate almost linearly;
+#   (91 MB at int4, with an fp16 scale per 128 weights: see `expert_mb` above), so the bytes moved per token and tokens/s follow the hit rate almost linearly;
 #   per layer the hit rate spreads (the bands), so one layer's cache can be the bottleneck.
 # * Contiguous expert placement inherits the router's imbalance; an EPLB-style placement with
 #   redundant slots removes most of it in aggregate, but windows show what a fixed placement
