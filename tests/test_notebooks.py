@@ -39,7 +39,7 @@ EXPECTED = {
     "07": ["07_ablation_heatmaps.png", "07_importance_vs_usage.png", "07_frontier.png", "07_replay_gap.png",
            "07_bias_sweep.png", "07_ablation_sweep.csv", "07_frontier.csv", "07_replay_gap.csv", "07_bias_sweep.csv"],
     "08": ["08_hit_rate_curves.png", "08_offload_speed.png", "08_ep_imbalance.png", "08_break_even.png",
-           "08_hit_rates.csv", "08_offload_speed.csv", "08_ep_windows.csv", "08_break_even.csv", "08_claims.csv"],
+           "08_hit_rates.csv", "08_bytes_per_token.csv", "08_offload_speed.csv", "08_ep_windows.csv", "08_break_even.csv", "08_claims.csv"],
     "09": ["09_collapse_heatmaps.png", "09_collapse.csv", "09_variants.csv"],
     "10": [],
 }

@@ -16,10 +16,12 @@ engine      Stream: the exact bit-mask simulator behind simulate_cache (layers x
 lookahead   record_lookahead, Lookahead: layer l+1's router on layer l's hidden state (needs a model)
 parallel    expert_load, window_loads, eplb_weight, contiguous_placement, balanced_placement
             (EPLB-style), gpu_loads, imbalance, imbalance_over_windows, dispatch_bytes_per_token
-synthetic   mixtral_like_trace, TABLE5, table5_targets, move_probabilities   Mixtral §5, Table 5 / Fig. 7
+synthetic   mixtral_like_trace, TABLE5, table5_targets, move_probabilities   Mixtral §5, Table 5
 economics   usd_per_million, blended_price, break_even_table, break_even_volume,
             offloaded_tokens_per_s, max_cache_size, expert_bytes
 claims      claims_table: the source articles' numbers, recomputed
+report      bytes_moved_table, break_even_sweep, break_even_volumes, break_even_utilisation,
+            cost_claim_factors: notebook 08's tables, from the functions above
 plots       (import moelab.serving.plots) the figures of notebook 08
 
 Definitions and sources: docs/serving.md.
