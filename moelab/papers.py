@@ -160,6 +160,13 @@ OLMOE: dict[str, PaperEntry] = {
         "exceptions. This may indicate that there is little redundancy across different experts.'",
         f"{_OL}, §5.2, Figure 21",
         "quoted; co-activation is Equation 6, N(E_i, E_j) / N(E_i) = P(j | i) among tokens routed to i"),
+    "coactivation_merge": PaperEntry(
+        "'If multiple expert pairs have high co-activation, it may suggest that these experts could be merged, "
+        "benefiting less from keeping them separate.'",
+        f"{_OL}, §5.2, after Equation 6",
+        "quoted; how the paper proposes to read strong pairs. It then finds few of them (Figure 21, the "
+        "'coactivation' entry). P(j | i) is high for every i when j is a busy expert: read the lift "
+        "(moelab.metrics.baselines.coactivation_lift)"),
     "domain_specialization": PaperEntry(
         "'In Figure 22 (top) we find many examples of experts that are activated significantly above or below "
         "random chance for specific domains. E.g., for arXiv, which has a very specific distribution with lots "

@@ -98,10 +98,17 @@ fig
 #
 # * `block.gate` is the router (`MixtralTopKRouter`): one weight matrix `W_g` of shape (E, H);
 #   it returns `(logits, weights, indices)`. Its module path in the model is
-#   `model.layers.{i}.mlp.gate`; moelab's tracer (notebook 02) hooks exactly this module and
-#   calls it `layers.{i}.router`, a name that is the same for every supported architecture;
-# * `block.experts.gate_up_proj` (E, 2I, H) holds every expert's gate and up projections
-#   stacked, `block.experts.down_proj` (E, H, I) their down projections.
+#   `model.layers.{i}.mlp.gate`;
+# * `block.experts` (module path `model.layers.{i}.mlp.experts`) runs the experts:
+#   `block.experts.gate_up_proj` (E, 2I, H) holds every expert's gate and up projections
+#   stacked, `block.experts.down_proj` (E, H, I) their down projections. The block calls it
+#   with the router's `indices` and `weights`.
+#
+# moelab's tracer (notebook 02) reads what `mlp.experts` *receives*: a forward pre-hook on it
+# records the expert ids it runs and the weights it multiplies their outputs by. That hook is
+# named `layers.{i}.router`, a name that is the same for every supported architecture. The
+# router `mlp.gate` itself is hooked (as `layers.{i}.router.logits`) only when you ask for its
+# full logits or scores (`moelab.trace(model, logits=True)` or `scores=True`).
 
 # %%
 from transformers import MixtralConfig, MixtralForCausalLM
@@ -122,7 +129,8 @@ x = 5 * torch.randn(6, H)                          # (tokens, H)
 # %% [markdown]
 # **Router.** Logits are one matrix product, `x W_gᵀ`. Mixtral takes the softmax over all E
 # logits, keeps the top-2 probabilities and renormalises them to sum to 1 — which is exactly
-# the paper's `Softmax(Top2(x · W_g))`, a softmax over the two largest logits only.
+# the paper's G(x) = `Softmax(TopK(x · W_g))` with K = 2 (Mixtral §2.1), a softmax over the two
+# largest logits only.
 
 # %%
 logits = einsum(x, W_g, "t h, e h -> t e")                     # (tokens, E)
@@ -147,11 +155,12 @@ pd.DataFrame({"expert 1": top_i[:, 0], "weight 1": weights[:, 0], "expert 2": to
 # renormalisation the output shrinks when the router spreads its probability over many
 # experts, and the residual stream sees a router-dependent scale. Renormalising also changes
 # what the router learns: with k = 1 the only weight would always be 1 and the router would
-# get no gradient from the language-modelling loss, which is why Switch Transformer (k = 1)
-# multiplies by the unnormalised probability. Not every MoE renormalises: transformers'
-# `OlmoeConfig` defaults to `norm_topk_prob=False`, and the released OLMoE checkpoints keep
-# it, so OLMoE mixes its top-8 experts with the raw softmax probabilities (they sum to less
-# than 1). Mixtral's router in transformers always renormalises.
+# get no gradient from the language-modelling loss; Switch Transformer (k = 1) multiplies
+# the expert's output by the unnormalised probability (Fedus et al. 2021, §2.1). Not every MoE
+# renormalises: OLMoE multiplies each selected expert's output by its probability from the
+# softmax over all experts (OLMoE paper §2, Equation 1), transformers' `OlmoeConfig` defaults to
+# `norm_topk_prob=False`, and the released OLMoE checkpoints keep it, so OLMoE's top-8 weights
+# sum to less than 1. Mixtral's router in transformers always renormalises.
 
 # %%
 raw_weights = top_p                                              # OLMoE-style: no renormalisation

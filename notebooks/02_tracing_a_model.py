@@ -66,14 +66,26 @@ print(f"{type(model).__name__}: {cfg.num_hidden_layers} layers, hidden {cfg.hidd
 # %% [markdown]
 # ## 1. A forward pass
 #
-# `moelab.trace(model)` is a context manager: it hooks every router, records what each returns
-# during the block, removes its hooks on exit and fills the trace. The model computes exactly
-# what it computes without tracing.
+# `moelab.trace(model)` is a context manager: it hooks every MoE layer, records during the block
+# which experts each token was sent to and with which weights, removes its hooks on exit and
+# fills the trace. The model computes exactly what it computes without tracing.
 #
-# **Two names for one router.** In transformers the router of decoder layer *i* is the module
-# `model.model.layers[i].mlp.gate` (notebook 01 took it apart); moelab calls the same hook point
-# `layers.{i}.router`, a name that stays the same across architectures (OLMoE, Qwen-MoE,
-# DeepSeek), whose module paths differ. `tr.layer_ids` are the *i*s.
+# **What is hooked, and its names.** In transformers the MoE block of decoder layer *i* is
+# `model.model.layers[i].mlp`, with the router `mlp.gate` and the experts `mlp.experts`
+# (notebook 01 took them apart). The record is read from the **experts** module's inputs: a
+# forward pre-hook on `mlp.experts` sees the expert ids it runs and the weights it multiplies
+# their outputs by, so the trace holds what the experts actually received. moelab names that
+# hook `layers.{i}.router`, the same name for every architecture (OLMoE, Qwen-MoE, DeepSeek),
+# whose module paths differ. The router `mlp.gate` is hooked, as `layers.{i}.router.logits`,
+# only with `moelab.trace(model, logits=True)` (its full logits) or `scores=True` (the scores
+# its top-k runs on). `tr.layer_ids` are the *i*s. `moelab.arch.find_routers` lists them:
+
+# %%
+from moelab.arch import find_routers
+
+pd.DataFrame([{"hook name": r.name, "forward pre-hook on (the record)": r.experts_path,
+               "`.logits` forward hook on (logits=True / scores=True)": r.logits_path or r.path}
+              for r in find_routers(model)]).set_index("hook name")
 
 # %%
 enc = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt").to(model.device)

@@ -155,6 +155,7 @@ from moelab.papers import VERIFIED
 
 print(MIXTRAL["table5"].source)
 print("verified:", VERIFIED["mixtral_table5"])
+print("the paper's reading:", cite(MIXTRAL["locality"]))
 paper5 = mixtral_table5()
 paper5.loc["uniform random routing"] = [12.5] * 3 + [46.4] * 3
 paper5
@@ -230,6 +231,8 @@ pile_domains = [d for d in PILE if d in dist.index.get_level_values(0)]
 fig = distribution_vs_overall(dist.loc[pile_domains], overall,
                               title=f"Figure 7: expert selection per domain (Pile analogues, {MODEL_NAME})")
 save(fig, "03_fig7_domain_distribution", outdir=FIGURES, formats=("png", "pdf"))
+print("Mixtral paper:", cite(MIXTRAL["figure7_domains"]))
+print("Mixtral paper:", cite(MIXTRAL["figure7_dm_math"]))
 fig
 
 # %% [markdown]
@@ -264,6 +267,9 @@ tvd.round(3).sort_values(LAYERS[-1], ascending=False)
 # (Table 5).
 
 # %%
+print("Mixtral paper:", cite(MIXTRAL["figure8_syntax"]))
+
+
 def sample(domain: str, n_tokens: int = 160):
     """(token strings, the trace of the first window of the domain's first document), BOS dropped."""
     c = tr.columns
@@ -301,10 +307,12 @@ for domain, name in [("code", "code"), ("fiction", "prose")]:
 #   middle / last layers become 0, 15, 31 — exactly the paper's — and locality can build up
 #   over many more layers. The paper's Table 5 values (first choice 13.6–28.4 %, first or
 #   second choice 44.5–67.0 %) are the reference to compare with.
-# * **Its training data** (undisclosed web-scale text, multilingual) instead of moelab's 2.9 M
-#   tokens of 12 domains. Our tiny model was trained with domains sampled uniformly, so each
-#   domain is a large share of its world; the paper's finding of *weak* domain specialisation
-#   may or may not hold on such a small model — compare Figure 7 here with the paper's.
+# * **Its training data** (the paper says only that Mixtral "is pretrained with multilingual
+#   data using a context size of 32k tokens", §1) instead of moelab's 2.9 M tokens of 12
+#   domains. Our tiny model was trained with domains sampled uniformly, so each domain is a
+#   large share of its world; the paper's finding that expert assignment shows no obvious
+#   pattern by topic (§5, Figure 7) may or may not hold on such a small model — compare
+#   Figure 7 here with the paper's.
 # * **Balance.** Mixtral's Figure 7 shows, at layers 0, 15 and 31, each domain's expert shares
 #   beside the uniform 1/8 line (the paper comments on the domains' similarity, not on balance;
 #   it does not describe a balance loss either). The OLMoE paper measured Mixtral-8x7B's experts
@@ -315,8 +323,14 @@ for domain, name in [("code", "code"), ("fiction", "prose")]:
 #   excess over the shuffled baseline (section 2) and over the overall load (section 3)
 #   compares with the paper.
 # * **Scale of the trace**: ~47 B parameters need ≈ 94 GB in fp16 (one 141 GB GPU, two 80 GB
-#   GPUs, or offloading with `device_map="auto"`); tracing itself adds < 1 % time. For the full
-#   held-out corpus use the CLI, which streams to disk:
+#   GPUs, or offloading with `device_map="auto"`). What tracing costs was measured on random
+#   Mixtral-shaped models, not on 8x7B itself (README, "Tracing overhead" and "Tracing overhead
+#   on a GPU"): on a CPU (fp32, one thread) a decode step inside an open trace takes 1.02–1.03×
+#   its untraced time and a 4 × 256 prefill 0.98× (`python bench/bench_tracer.py`,
+#   `bench/results/tracer_cpu_quiet.json`); on an H200 (fp16/bf16) decode takes 1.06–1.12× and
+#   prefill 1.03–1.05×, the largest ratio with Mixtral 8x7B's layer sizes (`bash
+#   bench/gpu_check.sh`, `bench/results/gpu/tracer_cuda_*.json`). For the full held-out corpus
+#   use the CLI, which streams to disk:
 #   `moelab trace --model mistralai/Mixtral-8x7B-v0.1 --dtype float16 --device cuda --corpus heldout --out runs/mx`
 #   and `moelab.load_trace("runs/mx")`.
 

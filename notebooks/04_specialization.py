@@ -42,7 +42,10 @@
 # public, so sections 6–7 always use the embedded models.
 #
 # Reference: Muennighoff et al. 2024, *OLMoE: Open Mixture-of-Experts Language Models*,
-# arXiv:2409.02060, §5 "MoE analysis".
+# arXiv:2409.02060, §5 "MoE Analysis": §5.1 router saturation (Figure 20), §5.2 co-activation
+# (Figure 21), §5.3 domain specialization (Figure 22), §5.4 vocabulary specialization
+# (Figure 23). The paper's statements are quoted from `moelab.papers.OLMOE` under each plot.
+# The pooled-vs-per-layer comparison (section 7) is moelab's, not the paper's.
 
 # %% tags=["parameters"]
 # Parameters: MOELAB_* environment variables over this notebook's defaults (moelab.params; papermill style).
@@ -65,7 +68,8 @@ from pathlib import Path
 import moelab
 from moelab.data import load_documents
 from moelab.metrics import coactivation, layer_transitions, next_token_ids, router_saturation, vocab_specialization
-from moelab.metrics.baselines import coactivation_lift, representative_layers, specialization_vs_load, transition_lift
+from moelab.metrics.baselines import (coactivation_lift, max_share_chance, representative_layers,
+                                      specialization_vs_load, transition_lift)
 from moelab.metrics.olmoe import (saturation_summary, strongest_pairs, top_domain_experts, transition_concentration,
                                   vocab_scalar)
 from moelab.models import DEFAULT_MODEL, POOLED_MODEL, checkpoints, embedded_model_dir
@@ -73,6 +77,7 @@ from moelab.notebooks import figures_dir, resolve_device_dtype, trace_documents
 from moelab.plots import save
 from moelab.plots.balance_compare import balance_compare, layer_load_table
 from moelab.plots.baselined import lift_heatmap, saturation_vs_training, specialization_scatter, vocab_vs_chance
+from moelab.papers import OLMOE, cite
 
 FIGURES = figures_dir(FIGURES)                               # says where figures go
 FIGURES.mkdir(parents=True, exist_ok=True)
@@ -112,8 +117,10 @@ print(tr, f"\n{pred_tr.num_tokens:,} tokens with predictions; next-token accurac
 #
 # For experts *i* and *j* of one layer: of the tokens that use *i*, the share that also use
 # *j*, P(j | i). With top-2 routing each token has one partner, so a row sums to 1 over
-# j ≠ i and uniform pairing would give 1/(E − 1) ≈ 14 %. OLMoE (§5, 64 experts, top-8)
-# reports little co-activation and reads strong pairs as possible redundancy between experts.
+# j ≠ i and uniform pairing would give 1/(E − 1) ≈ 14 %. OLMoE defines co-activation this way
+# (§5.2, Equation 6), notes that many pairs with high co-activation "may suggest that these
+# experts could be merged", and finds "no strong co-activation among experts in one layer,
+# with only few exceptions" (§5.2, Figure 21; 64 experts, top-8; quoted under the plot).
 #
 # But P(j | i) is large for *every* i when j is simply a busy expert. The load-aware reading
 # is the **lift** P(j | i) / P(j), P(j) = the share of all tokens with j in their top-k:
@@ -126,6 +133,8 @@ pd.concat({"P(j|i)": co, "lift": lift}, axis=1).to_csv(FIGURES / "04_coactivatio
 fig = lift_heatmap(lift, layer=ids[-1], xlabel="co-activated expert j", ylabel="expert i",
                    cbar_label="lift P(j|i) / P(j)", title=f"Co-activation lift, layer {ids[-1]} ({MODEL_NAME})")
 save(fig, "04_coactivation", outdir=FIGURES, formats=("png", "pdf"))
+print("OLMoE:", cite(OLMOE["coactivation_merge"]))
+print("OLMoE:", cite(OLMOE["coactivation"]))
 fig         # other layers: lift_heatmap(lift, layer=...)
 
 # %%
@@ -156,18 +165,22 @@ print(f"correct: lift(0, 1) at layer {ids[-1]} = {my_lift:.3f}")
 # %% [markdown]
 # ## 3. Domain specialization, against the expert's load
 #
-# OLMoE's domain specialization (§5): N_k(E, D) / N(D), the share of domain D's tokens that have
-# expert E among their top-k. Random routing gives k/E = 25 %, but an expert that every token
-# uses scores high for *every* domain. The baseline is the expert's overall load, the share of
-# all tokens that use it (`specialization_vs_load`): a domain specialises on E when its
-# specialization is well above that load (`lift` > 1). OLMoE reports strong specialization for
-# domains unlike the bulk of its data (arXiv, GitHub) and weaker for general web text.
+# OLMoE's domain specialization (§5.3, Equation 7): N_k(E, D) / N(D), the share of domain D's
+# tokens that have expert E among their top-k. Random routing gives k/E = 25 %, but an expert
+# that every token uses scores high for *every* domain. The baseline is the expert's overall
+# load, the share of all tokens that use it (`specialization_vs_load`): a domain specialises on
+# E when its specialization is well above that load (`lift` > 1). OLMoE (§5.3, Figure 22 top)
+# finds experts activated far above or below chance for specific domains (for arXiv, the first
+# expert of layer 0 is "nearly 100% specialized") and much more balanced activations for
+# generic web text (C4); for Mixtral-8x7B (Figure 22 bottom), activations close to the uniform
+# baseline in every layer and domain. The quote is printed under the plot.
 
 # %%
 svl = specialization_vs_load(tr, layers=LAYERS)
 svl.to_csv(FIGURES / "04_domain_specialization.csv")
 fig = specialization_scatter(svl, title=f"Domain specialization vs the expert's load ({MODEL_NAME})")
 save(fig, "04_domain_specialization", outdir=FIGURES, formats=("png", "pdf"))
+print("OLMoE:", cite(OLMOE["domain_specialization"]))
 fig
 
 # %% [markdown]
@@ -181,13 +194,16 @@ top_domain_experts(tr, layers=LAYERS).round(2)
 # %% [markdown]
 # ## 4. Vocabulary specialization, against chance
 #
-# OLMoE's scalar (§5): for each token id x seen at least 5 times, the largest share of its
-# occurrences that go to one expert as first choice, max_E N(x, E)/N(x), averaged over ids.
-# Three choices of "token": the **input** token, the true **next** token, and the token the
-# model **predicts** (on the smaller slice traced with predictions). Its chance level is not 1/E: a token seen n times, routed independently
-# with the layer's loads p, scores E[max share] by chance — about 0.39 for n = 5 and 0.25 for
-# n = 20 with 8 equal experts, more with unequal loads. `vocab_chance` computes it exactly
-# for the ids' actual counts and the layer's loads.
+# OLMoE's vocabulary specialization (§5.4, Equation 8, Figure 23 with k = 1): for each token
+# id x, the share of its occurrences routed to expert E, N(x, E)/N(x). As one scalar per layer
+# we take, for each id seen at least 5 times, its largest share over experts (first choice
+# only), max_E N(x, E)/N(x), averaged over ids: our summary, not the paper's (Figure 23's
+# per-layer curve averages "the specialization of each expert in that layer"). Three choices
+# of "token", as in the paper: the **input** token, the true **next** token, and the token the
+# model **predicts** (on the smaller slice traced with predictions). Its chance level is not 1/E: a token seen n times, routed independently with
+# the layer's loads p, scores E[max share] by chance (`max_share_chance`, printed below for 8
+# equal experts), more with unequal loads. `vocab_chance` computes it exactly for the ids'
+# actual counts and the layer's loads.
 
 # %%
 kinds = {"input token": (tr, "token_id"), "next token": (tr, "next_token_id"),
@@ -198,6 +214,9 @@ olmoe_scalar, chance = scalars.xs("observed", axis=1, level=1), scalars.xs("chan
 display(pd.concat({"observed": olmoe_scalar, "chance": chance, "observed - chance": olmoe_scalar - chance}, axis=1))
 fig = vocab_vs_chance(olmoe_scalar, chance, title=f"Vocabulary specialization vs chance ({MODEL_NAME})")
 save(fig, "04_vocab_specialization", outdir=FIGURES, formats=("png", "pdf"))
+print("chance level of a max share with 8 equal experts:",
+      ", ".join(f"n = {n}: {max_share_chance(n, [1 / 8] * 8):.2f}" for n in (5, 20)), f"(1/E = {1 / 8:.3f})")
+print("OLMoE:", cite(OLMOE["vocabulary_specialization"]))
 fig
 
 # %% [markdown]
@@ -218,7 +237,7 @@ owned.groupby("expert").apply(
 # ### Exercise 2: the chance level of a max share, by simulation
 #
 # Route a token seen n = 5 times to 8 equally loaded experts at random, 20,000 times; the mean
-# of the largest share is the chance level of OLMoE's scalar for such a token. Compare with
+# of the largest share is the chance level of this scalar for such a token. Compare with
 # `moelab.metrics.baselines.max_share_chance(5, [1/8] * 8)`.
 
 # %%
@@ -229,18 +248,17 @@ draws = np.random.default_rng(0).multinomial(5, [1 / 8] * 8, size=20_000)   # (t
 my_chance = float((draws.max(1) / 5).mean())
 
 # %%
-from moelab.metrics.baselines import max_share_chance
-
 assert my_chance is not None and abs(my_chance - max_share_chance(5, [1 / 8] * 8)) < 0.01, my_chance
 print(f"correct: simulated {my_chance:.3f}, exact {max_share_chance(5, [1 / 8] * 8):.3f} (1/E = {1 / 8:.3f})")
 
 # %% [markdown]
 # ## 5. Cross-layer transitions, against independent layers
 #
-# P(first choice j at layer l + 1 | first choice i at layer l). If the layers routed
-# independently with their own loads, every row would equal layer l + 1's load
-# (`transition_baseline`), not 1/E; the lift (`transition_lift`) is observed / that, so 1 = no
-# path through the experts.
+# P(first choice j at layer l + 1 | first choice i at layer l): does a token's expert at one
+# layer predict its expert at the next? (OLMoE looks at experts across layers in its appendix,
+# §G, Figure 35, which §5.2 points to.) If the layers routed independently with their own
+# loads, every row would equal layer l + 1's load (`transition_baseline`), not 1/E; the lift
+# (`transition_lift`) is observed / that, so 1 = no path through the experts.
 
 # %%
 trans = layer_transitions(tr)
@@ -289,7 +307,8 @@ ckpt_tok = moelab.load_tokenizer() if ckpt_root is None else tok
 ckpt_traces = {}
 for c in tqdm(ckpts, desc="checkpoints"):
     m, _ = moelab.load_model(c["path"], dtype=dtype, device_map=device_map, tokenizer=False)
-    ckpt_traces[c["step"]] = trace_documents(m, ckpt_tok, sat_docs, seq_len=SEQ_LEN, progress=False)
+    last = c["step"] == ckpts[-1]["step"]                 # the final model: router logits too, for section 7
+    ckpt_traces[c["step"]] = trace_documents(m, ckpt_tok, sat_docs, seq_len=SEQ_LEN, logits=last, progress=False)
     del m
 final_step = ckpts[-1]["step"]
 final = ckpt_traces.pop(final_step)
@@ -302,7 +321,7 @@ sat_summary
 
 # %%
 from moelab.metrics.baselines import saturation_chance
-from moelab.papers import OLMOE, cite, olmoe_saturation_reference
+from moelab.papers import olmoe_saturation_reference
 
 print("OLMoE:", cite(OLMOE["router_saturation"]))
 print("OLMoE random routing:", cite(OLMOE["saturation_random"]))
@@ -355,7 +374,8 @@ print(f"after {first['share']:.0%} of training, top-{K} saturation above each la
 # each MoE layer. moelab ships two models trained identically except for this:
 # `moelab-mixtral-tiny` (per-layer loss) and `moelab-mixtral-tiny-pooled` (transformers' pooled
 # loss). Their per-layer load on the same held-out tokens, and their held-out perplexity
-# (`eval.json`, written by the training script):
+# (`eval.json`, written by the training script). Both traces keep the router logits
+# (`logits=True`), which the losses' probability term Pᵢ needs.
 
 # %%
 def _eval(name):
@@ -369,7 +389,7 @@ for name in [DEFAULT_MODEL, POOLED_MODEL]:
         contrast[name] = final                                   # the final checkpoint = this model
         continue
     m, _ = moelab.load_model(name, dtype=dtype, tokenizer=False)
-    contrast[name] = trace_documents(m, ckpt_tok, sat_docs, seq_len=SEQ_LEN, progress=False)
+    contrast[name] = trace_documents(m, ckpt_tok, sat_docs, seq_len=SEQ_LEN, logits=True, progress=False)
     del m
 ppl = {name: _eval(name) for name in contrast}
 table = layer_load_table(contrast)
@@ -381,10 +401,31 @@ display(table.unstack("model").round(3))
 pd.Series(ppl, name="mixed held-out perplexity").to_frame()
 
 # %% [markdown]
-# Read the CV panel and the table: the model trained with the pooled loss can leave single
-# layers far from uniform (large CV, experts near 0 %), although the pooled loss it minimised
-# looked balanced; the per-layer loss balances every layer. Notebook 09 reproduces the effect
-# from scratch in seconds on a toy router.
+# **The two losses, measured on these tokens.** Both are E Σᵢ fᵢ Pᵢ with fᵢ counting all
+# top-k slots per token, so both equal k (here 2) at perfect balance and grow with imbalance:
+# `moelab.metrics.hf_aux_loss` pools every layer's tokens as transformers'
+# `load_balancing_loss_func` does, and the `hf_aux` column of `moelab.metrics.balance` is the
+# same quantity for each layer on its own (the Switch loss of that layer, all top-k slots).
+
+# %%
+aux = pd.DataFrame({name: moelab.metrics.balance(t)["hf_aux"] for name, t in contrast.items()}).T
+aux.columns = [f"layer {l}" for l in aux.columns]
+aux.insert(0, "pooled over layers (transformers)", [moelab.metrics.hf_aux_loss(t) for t in contrast.values()])
+aux.index.name = "model"
+per_layer = aux.drop(columns=aux.columns[0])
+print(f"balance losses on the same {next(iter(contrast.values())).num_tokens:,} held-out tokens (k = {K} = balanced):")
+for name in aux.index:
+    print(f"  {name}: pooled over layers {aux.loc[name].iloc[0]:.2f}, per layer "
+          f"{per_layer.loc[name].min():.2f}–{per_layer.loc[name].max():.2f}")
+aux.round(2)
+
+# %% [markdown]
+# Read the numbers with the CV panel and the table: the model trained with the pooled loss
+# scores close to k on the pooled loss it was trained with, so by that loss it looks
+# balanced, while the same loss computed per layer is well above k in its worst layers (large
+# CV, experts near 0 %); pooling lets layers that favour *different* experts cancel out. The
+# per-layer loss balances every layer. Notebook 09 reproduces the effect from scratch in
+# seconds on a toy router.
 #
 # ## Summary
 #

@@ -140,10 +140,13 @@ print(f"correct: {my_total:.1f} B total, {my_active:.1f} B active (announced: 14
 #
 # Matmul FLOPs of one decode token with 2,048 tokens in the KV cache, by component. The router
 # is one (4096 × 8) matrix per layer — 2 · 4096 · 8 = 65,536 FLOPs per token and layer,
-# against ~704 M for the two experts it selects.
+# against ~705 M for the two experts it selects (printed below).
 
 # %%
 flops = pd.DataFrame({name: flops_per_token(c, context=2048, phase="decode").to_dict() for name, c in models.items()}) / B
+per_layer = flops["Mixtral 8x7B"] * B / mixtral.num_hidden_layers
+print(f"per token and layer: router {per_layer['router']:,.0f} FLOPs, the two experts it selects "
+      f"{per_layer['experts'] / 1e6:,.1f} M FLOPs")
 flops.rename_axis("GFLOPs per decode token").round(4)
 
 # %%
@@ -270,8 +273,12 @@ fig
 #
 # * **uniform routing** — the formula above;
 # * **Mixtral-like synthetic router** — `moelab.serving.mixtral_like_trace`: 32 layers, top-2
-#   of 8, calibrated to the Mixtral paper's Table 5 repeat rates with uniform load (its
-#   Figure 7), drawing one token from each of B different sequences, as a serving batch would.
+#   of 8, calibrated to the Mixtral paper's repeat rates (§5, Table 5, layers 0, 15, 31,
+#   interpolated between them) with exactly uniform load. The uniform load is an assumption
+#   resting on OLMoE's measurement of Mixtral-8x7B ("activated close to the uniform routing
+#   baseline for all layers and domains", arXiv:2409.02060 §5.3, Figure 22 bottom); the Mixtral
+#   paper's Figure 7 draws the shares beside 1/8 but its text does not say they are uniform.
+#   It draws one token from each of B different sequences, as a serving batch would.
 #
 # (The embedded tiny model is *not* used here: its 4 layers and its own balance are no model
 # of Mixtral's routing.)
@@ -312,9 +319,9 @@ fig
 # %% [markdown]
 # ## 7. The memory claim
 #
-# The same source reports 87–91 GB of VRAM used for fp16 Mixtral on one A100 80GB.
-# `check_memory_claim` works out whether that is possible, and which setups would be
-# consistent with the number.
+# The same blog post (seed 000: `ref.source` above) claims 87–91 GB of VRAM used for fp16
+# Mixtral on one A100 80GB. `check_memory_claim` works out whether that is possible, and which
+# setups would be consistent with the number.
 
 # %%
 claim = check_memory_claim(mixtral, "fp16", ref.gpu, ref.reported_vram_gb)
@@ -322,30 +329,44 @@ print(claim.verdict)
 claim.scenarios[claim.scenarios.consistent].round(2)
 
 # %% [markdown]
-# ## 8. Popular claims, checked against their sources
+# ## 8. Popular claims, checked
 #
-# | claim | where it comes from | verdict |
+# The five articles moelab was started from (seeds 000–004: blog posts and summaries, not
+# primary sources) repeat numbers about Mixtral's size. Each row below says who makes the
+# claim; only the Mixtral paper is a primary source, and a source an article cites for itself
+# is not verified here. The `moelab` column is computed from the architecture (sections 1–3).
+# `moelab.serving.claims_table()` audits every checkable number of the five articles
+# (notebook 08).
+#
+# | claim | as claimed by | checked below |
 # |---|---|---|
-# | "47B parameters, 13B active" | Mixtral paper abstract (Jiang et al. 2024, arXiv:2401.04088) | see below: rounded |
-# | "8 × 7B = 56B parameters" | the name | see below: attention, embeddings and norms are shared; only the MLPs are replicated |
-# | "~90 GB of VRAM in half precision" | Hugging Face "Welcome Mixtral" blog, Dec 2023 (as relayed by hardware-corner.net) | see below: weights alone, before the KV cache |
-# | "~23–26 GB at 4 bits" | community VRAM calculators (canitrun.dev: Q4 23.4 GB; gigagpu.com: GPTQ 4-bit ≈ 26 GB) | see below: int4 weights, with and without group-wise scales |
-#
-# The router's share of the compute is in section 2, computed, not quoted.
+# | "47B parameters, 13B active" | the Mixtral paper, abstract (primary source; `moelab.papers.MIXTRAL["params"]`) | rounded |
+# | "46.7B total, 12.9B active" | seeds 001, 003, 004 | exact to the digit |
+# | "8 × 7B = 56B parameters" | the name (seed 004: "8 expert networks of 7B parameters each") | attention, embeddings and norms are shared; only the MLPs are replicated |
+# | "~90GB FP16" | seed 001 (its table cites "Mixtral model card on Hugging Face, community analysis"; not verified here) | weights alone, before the KV cache |
+# | "~26GB" at 4 bits | seed 001 (no source given) | int4 weights, with and without group-wise scales |
+# | gate logits add "~10% to the compute cost" | seed 003 (no source given) | the router's share of the FLOPs (section 2) |
 
 # %%
+from moelab.papers import MIXTRAL, cite
+
+print("Mixtral paper:", cite(MIXTRAL["params"]))
 int4_scales = weight_bytes(mixtral, bytes_per_param=0.5 + 2 / 128)      # + one fp16 scale per group of 128
 naive = 8 * count_params(mistral_7b_config()).total / B
 claims = pd.DataFrame([
-    ("total parameters (B)", 47, p.total / B, "paper rounds 46.70 up"),
-    ("active parameters per token (B)", 13, p.active / B, "paper rounds 12.88 up"),
-    ("total parameters if 8 x 7B (B)", 56, p.total / B, f"8 whole Mistral 7Bs would be {naive:.1f} B"),
-    ("fp16 weights (GB)", 90, weight_bytes(mixtral, "fp16") / B, "plus 128 KiB of KV cache per token"),
-    ("fp16 weights (GiB)", 90, weight_bytes(mixtral, "fp16") / 2**30, "what nvidia-smi would show"),
-    ("int4 weights (GB)", 23.4, weight_bytes(mixtral, "int4") / B, "every parameter at 4 bits"),
-    ("int4 weights + fp16 scales per 128 (GB)", 26, int4_scales / B,
+    ("total parameters (B)", 47, "Mixtral paper, abstract", p.total / B, "the paper rounds 46.70 up"),
+    ("active parameters per token (B)", 13, "Mixtral paper, abstract", p.active / B, "the paper rounds 12.88 up"),
+    ("total parameters (B)", 46.7, "seeds 001, 003, 004", p.total / B, ""),
+    ("active parameters per token (B)", 12.9, "seeds 001, 003, 004", p.active / B, ""),
+    ("total parameters if 8 x 7B (B)", 56, "the name", p.total / B, f"8 whole Mistral 7Bs would be {naive:.1f} B"),
+    ("fp16 weights (GB)", 90, "seed 001", weight_bytes(mixtral, "fp16") / B, "plus 128 KiB of KV cache per token"),
+    ("fp16 weights (GiB)", 90, "seed 001", weight_bytes(mixtral, "fp16") / 2**30, "what nvidia-smi would show"),
+    ("int4 weights (GB)", 26, "seed 001", weight_bytes(mixtral, "int4") / B, "every parameter at 4 bits"),
+    ("int4 weights + fp16 scales per 128 (GB)", 26, "seed 001", int4_scales / B,
      "GPTQ/AWQ files also keep some tensors in 16 bits"),
-], columns=["quantity", "claimed", "moelab", "note"]).set_index("quantity")
+    ("router share of decode FLOPs at 2k context (%)", 10, "seed 003",
+     100 * router_share(mixtral, context=2048, phase="decode"), "one 4096 x 8 matrix per layer"),
+], columns=["quantity", "claimed", "claimed by", "moelab", "note"]).set_index("quantity")
 claims.to_csv(FIGURES / "05_claims.csv")
 claims.round(3)
 

@@ -59,3 +59,19 @@ def test_near_uniform_mixtral_load_is_credited_to_olmoe_not_to_the_mixtral_paper
     assert "uniform routing baseline" in papers.OLMOE["mixtral_near_uniform"].value
     assert "§5.3" in papers.OLMOE["mixtral_near_uniform"].source
     assert "does not state that the load is uniform" in papers.MIXTRAL["figure7_domains"].note
+
+
+def test_olmoe_section5_entries_name_their_subsection_and_figure():
+    expected = {"router_saturation": ("§5.1", "Figure 20"), "coactivation": ("§5.2", "Figure 21"),
+                "coactivation_merge": ("§5.2", "Equation 6"), "domain_specialization": ("§5.3", "Figure 22"),
+                "mixtral_near_uniform": ("§5.3", "Figure 22"), "vocabulary_specialization": ("§5.4", "Figure 23")}
+    for key, words in expected.items():
+        source = papers.OLMOE[key].source
+        assert all(w in source for w in words), (key, source)
+        assert papers.cite(papers.OLMOE[key]).endswith(f"({source})")
+
+
+def test_quoted_entries_are_marked_as_quotes():
+    for name, e in {**papers.MIXTRAL, **papers.OLMOE}.items():
+        if isinstance(e.value, str) and e.value.startswith("'"):
+            assert e.value.rstrip().endswith("'") and e.note.startswith("quoted"), name
