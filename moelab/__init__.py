@@ -2,7 +2,7 @@
 
     >>> import moelab
     >>> model, tok = moelab.load_model()                      # the embedded small Mixtral
-    >>> with moelab.trace(model) as tr:                       # hooks every router
+    >>> with moelab.trace(model) as tr:                       # hooks every MoE layer
     ...     _ = model(**tok("The quick brown fox", return_tensors="pt"))
     >>> tr.experts.shape                                      # (tokens, layers, k): BOS + 5 pieces
     (6, 4, 2)

@@ -150,7 +150,7 @@ class PublishedResult:
 MIXTRAL_A100_VLLM = PublishedResult(
     name="Mixtral 8x7B, vLLM, 1x A100 80GB, FP16",
     source="January 2024 blog post benchmarking Mixtral 8x7B inference with vLLM on one A100 80GB "
-    "(numbers as quoted in moelab issue #6; prompt/output lengths not given)",
+    "(numbers as quoted in seed 000; prompt/output lengths not given)",
     quote="about 42, 95, 156, 201, 218 output tokens/s at batch 1, 4, 8, 16, 32; A100 at $1.29/h; "
     "87-91 GB VRAM used",
     gpu="A100-80GB-SXM",

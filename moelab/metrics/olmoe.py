@@ -58,7 +58,7 @@ def top_domain_experts(trace: RoutingTrace, by: str = "domain", layers=None, *, 
 
 
 def vocab_scalar(trace: RoutingTrace, by: str = "token_id", *, min_count: int = 5, where=None) -> pd.DataFrame:
-    """OLMoE's scalar per layer: `observed` mean over ids of max_E N(x, E)/N(x) (first choice), `chance`
+    """A max-share summary of OLMoE's Equation 8 (§5.4), per layer: `observed` mean over ids of max_E N(x, E)/N(x) (first choice), `chance`
     (the same for routing independent of the token, at the layer's load: `vocab_chance`), `uniform` 1/E."""
     trace = apply_where(check_trace(trace, "vocab_scalar"), where)
     d = vocab_specialization(trace, by=by, first_only=True, min_count=min_count, detail=True)
