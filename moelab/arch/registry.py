@@ -22,6 +22,7 @@ from . import shapes_families as F
 from . import shapes_hybrid as H
 from . import shapes_linear as LIN
 from . import shapes_extra as X
+from . import shapes_525 as N
 from .base import Adapter
 
 A = Adapter
@@ -143,6 +144,25 @@ ADAPTERS: tuple[Adapter, ...] = (
     # learned per-expert scale (router.per_expert_scale)
     A("gemma4", ("gemma4_text", "gemma4"), ("Gemma4TextRouter",), "num_experts", top_k_attr="top_k_experts",
       logits_from="proj", shared_attr=1, shape=X.gemma4_shape),
+    # transformers 5.25: four new MoE types (their config classes are absent before it; the sweep and tests skip
+    # types missing from CONFIG_MAPPING)
+    # Ergo: DeepSeek-V3-style sigmoid + selection bias (no groups), weights renormalised times
+    # moe_routed_scaling_factor; each route's output gets its expert's own RMSNorm inside the experts module, after
+    # the (index, weights) the record reads
+    A("ergo", ("ergo",), ("ErgoTopkRouter",), "num_experts", scoring="sigmoid", selection_bias=True, shared_attr=1,
+      scaling_attr="moe_routed_scaling_factor", shape=N.ergo_shape, min_transformers="5.25"),
+    # Kolibri 1.1: Kolibri 1's router and experts; weightless sparse-attention indexers and KV sharing in attention
+    A("kolibri1_1", ("kolibri1_1",), ("Kolibri1_1TopKRouter",), "num_experts", scoring="sigmoid",
+      selection_bias=True, renormalised="norm_topk_prob", shared_attr="shared_expert_intermediate_size",
+      shared_is_width=True, shape=N.kolibri1_1_shape,
+      min_transformers="5.25"),
+    # MiniCPM5-MoE: DeepSeek-V3 routing (grouped, sigmoid + bias, routed scaling) with the logits in float32,
+    # output-gated attention (a fused q + gate projection)
+    A("minicpm5_moe", ("minicpm5_moe",), ("MiniCPM5MoeTopkRouter",), "n_routed_experts", shape=N.minicpm5_moe_shape,
+      min_transformers="5.25", **_DS),
+    # Param2-MoE: its config builds GLM-4-MoE's modules (Glm4MoeForCausalLM) with RoPE over the full head
+    A("param2moe", ("param2moe",), ("Glm4MoeTopkRouter",), "n_routed_experts", shape=F.glm4_moe_shape,
+      min_transformers="5.25", **_DS),
 )
 
 # model types with MoE layers that moelab does not trace, and why (the sweep and docs/capabilities.md read this)

@@ -59,6 +59,8 @@ OVERRIDES: dict[str, dict] = {
     "deepseek_v4": dict(mlp_layer_types=["hash_moe", "moe", "moe", "moe"]),
     "inkling_text": dict(swa_head_dim=16, sliding_window_size=32, rel_extent=32),
     "inkling2_text": dict(swa_head_dim=16, sliding_window_size=32, rel_extent=32, unpadded_vocab_size=128),
+    # transformers 5.25
+    "ergo": dict(first_dense_intermediate_size=64),
     "qwen4_exp_text": dict(indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=8,
                            indexer_compress_ratio=4, hc_lowrank=16),
 }
@@ -76,6 +78,11 @@ INIT: dict[str, dict] = {
     "gemma4_text": dict(enable_moe_block=True, num_experts=8, top_k_experts=2, moe_intermediate_size=32,
                         global_head_dim=16, vocab_size_per_layer_input=128, hidden_size_per_layer_input=16,
                         layer_types=["sliding_attention"] * 3 + ["full_attention"]),
+    # Kolibri 1.1 (transformers 5.25): index_layers / kv_source_layers / mlp_only_layers are derived from layer_types
+    # at construction: layer 1 is an indexer whose keys and values layer 3 reuses (KV sharing), layers 0-1 dense.
+    # index_num_heads is at most the query heads of key head 0 (4 / 2)
+    "kolibri1_1": dict(layer_types=["sliding_attention", "indexed_attention"] * 2, index_num_heads=2,
+                       mlp_only_intermediate_size=64),
 }
 
 
