@@ -33,6 +33,9 @@ DEFAULT = ["deepseek_v2", "glm4_moe", "sarvam_moe", "glm4_moe_lite", "dots1", "e
            # block (gemma4_text); hyper-connections (hy_v4, qwen4_exp_text, with a QSA block indexer and n-gram PLE
            # layers); short convs, relative-position logits, sink projections, block attention residuals (inkling*)
            "gemma4_text", "hy_v4", "qwen4_exp_text", "inkling_text", "inkling2_text"]
+# transformers 5.25 (moelab.arch.shapes_525; param2moe builds GLM-4-MoE): only where this transformers has them
+NEW_525 = ["ergo", "kolibri1_1", "minicpm5_moe", "param2moe"]
+DEFAULT += [mt for mt in NEW_525 if mt in T.CONFIG_MAPPING]
 
 # per model type: config fields set on the tiny config to switch on what the default leaves off
 VARIANTS = {
@@ -100,7 +103,16 @@ VARIANTS = {
     "inkling2_text": dict(layer_types=["hybrid", "hybrid_sliding", "hybrid", "hybrid"], n_layers_per_attn_res_block=2,
                           unpadded_vocab_size=100, rel_extent=48, swa_num_attention_heads=4, swa_num_key_value_heads=4,
                           conv_kernel_size=3),
+    "ergo": dict(mlp_layer_types=["dense", "dense", "sparse", "sparse"], global_attention_scale=2.0,
+                 layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=16),
+    # layers 1 and 3 index (no reuse), layer 2's dense MLP only; 70 tokens stay inside the indexers' budget
+    "kolibri1_1": dict(mlp_only_layers=[2], index_layers=[1, 3], kv_source_layers=[0, 1, 2, 3],
+                       shared_expert_intermediate_size=48, tie_word_embeddings=True, sliding_window=16),
+    "minicpm5_moe": dict(attention_bias=True, n_shared_experts=2, mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
+    "param2moe": dict(attention_bias=True, use_qk_norm=False, n_shared_experts=1, first_k_dense_replace=2,
+                      tie_word_embeddings=False),
 }
+VARIANTS = {mt: v for mt, v in VARIANTS.items() if mt in T.CONFIG_MAPPING}
 CASES = [(mt, False) for mt in DEFAULT] + [(mt, True) for mt in VARIANTS]
 
 
@@ -442,3 +454,28 @@ def test_mla_kv_bytes_per_token_are_the_latent_plus_rope_key_plus_indexer_key(mo
     attention = [m for m in s.layer_mixers if m.kind == "attention"]
     closed_form = sum(kv_rank + rope + m.index_dim for m in attention) * 4  # index_dim 0 without an indexer
     assert C.kv_bytes_per_token(config, "fp32") == closed_form == _cached_bytes(cache) / 10
+
+
+def test_kolibri1_1_flops_are_exact_inside_the_indexer_budget_and_miss_only_its_scoring_matmuls_past_it():
+    """Kolibri 1.1's weightless indexers score keys (index_num_heads query heads against every key) only for queries
+    that see more than index_topk + local + sink keys, and score key blocks only past index_pool_size: forward_flops
+    leaves that out, so past the budget FlopCounterMode counts exactly those matmuls more (closed form)."""
+    if "kolibri1_1" not in T.CONFIG_MAPPING:
+        pytest.skip("kolibri1_1 is not in this transformers version")
+    cfg = _config("kolibri1_1", dict(index_topk=8, index_num_local_tokens=4, index_num_sink_tokens=2,
+                                     index_pool_size=32, index_compression=4))
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager",
+                                               experts_implementation="eager").eval().requires_grad_(False)
+    c, B = model.config, 2
+    budget = c.index_topk + c.index_num_local_tokens + c.index_num_sink_tokens
+    for S in (budget, 70):   # inside the budget: exact; past it (and past the pool): the indexers' matmuls
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model(torch.randint(3, 100, (B, S), generator=torch.Generator().manual_seed(1)))
+        # query i sees i + 1 keys and is scored against all S keys (S // compression blocks for the pool)
+        long_rows, pool_rows = max(0, S - budget), max(0, S - c.index_pool_size)
+        indexer = sum(2 * B * c.index_num_heads * c.head_dim
+                      * (long_rows * S + (i in c.index_layers) * pool_rows * (S // c.index_compression))
+                      for i, t in enumerate(c.layer_types) if t == "indexed_attention")
+        assert (S > budget) == (indexer > 0)
+        assert fc.get_total_flops() - C.forward_flops(c, batch=B, seq_len=S).total == indexer

@@ -25,7 +25,8 @@ BIASED = {"deepseek_v3", "glm4_moe", "sarvam_moe", "dots1", "beam", "exaone_moe"
           "nemotron_h", "solar_open", "hy_v3", "kolibri1", "laguna", "minimax_m2", "minimax_m3_vl_text",
           "ernie4_5_moe", "afmoe", "lfm2_moe",
           "axk1", "axk2", "deepseek_v32", "glm_moe_dsa", "sarvam_mla", "hy_v4", "bailing_hybrid", "kimi_linear",
-          "dots3_note_text", "dots3_note", "inkling_text", "inkling2_text", "deepseek_v4"}
+          "dots3_note_text", "dots3_note", "inkling_text", "inkling2_text", "deepseek_v4",
+          "ergo", "kolibri1_1", "minicpm5_moe", "param2moe"}                  # transformers 5.25
 IDS = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(1))
 
 

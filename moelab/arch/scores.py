@@ -177,6 +177,10 @@ RULES = {
         "normalised together with the k chosen)")),
     "inkling2": _scoring_func,
     "deepseek_v4": _scoring_func,
+    # transformers 5.25 (ergo, minicpm5_moe, param2moe follow their adapter: sigmoid + bias, minicpm5_moe and
+    # param2moe grouped DeepSeek-V3 style)
+    "kolibri1_1": lambda a, c: SelectionRule("logits", bias=True,
+                                             note="the sigmoid is taken after the choice, on the k chosen logits"),
 }
 
 # per adapter name: the buffer that marks a hash router (its experts are table[token_id], not chosen by score)
