@@ -365,6 +365,7 @@ WINDOWED["llama4_text"] = dict(attention_chunk_size=16)
 WINDOWED["phimoe"] = dict(sliding_window=16)
 WINDOWED["qwen2_moe"] = dict(use_sliding_window=True, sliding_window=16,  # sliding where layer_types says
                              layer_types=["sliding_attention", "full_attention"] * 2)
+WINDOWED.update({mt: dict(sliding_window=16) for mt in ("ergo", "kolibri1_1") if mt in T.CONFIG_MAPPING})  # 5.25
 
 
 @functools.lru_cache(maxsize=None)

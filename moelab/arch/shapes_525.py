@@ -1,13 +1,18 @@
 """Shape readers for the MoE families new in transformers 5.25: ergo, kolibri1_1, minicpm5_moe (param2moe builds
 GLM-4-MoE's modules and reads `moelab.arch.shapes_families.glm4_moe_shape`).
 
-    >>> from moelab.arch.tiny import tiny_config                       # doctest: +SKIP
-    >>> from moelab.arch.config_shape import model_shape                # doctest: +SKIP
-    >>> s = model_shape(tiny_config("ergo"))                            # doctest: +SKIP
-    >>> (s.glu, s.moe_layer, s.num_shared)                              # doctest: +SKIP
-    (False, (False, True, True, True), 1)
+    >>> from types import SimpleNamespace
+    >>> from moelab.arch.shapes import common_fields
+    >>> c = SimpleNamespace(vocab_size=128, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+    ...                     num_key_value_heads=2, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+    ...                     first_dense_intermediate_size=64, shared_intermediate_size=32, sliding_window=64,
+    ...                     layer_types=["sliding_attention"] * 3 + ["full_attention"],
+    ...                     mlp_layer_types=["dense", "sparse", "sparse", "sparse"])   # an ErgoConfig's fields
+    >>> s = ergo_shape(c, common_fields(c, "ergo"))
+    >>> (s.glu, s.moe_layer, s.num_shared, [m.window for m in s.mixers])
+    (False, (False, True, True, True), 1, [64, 64, 64, None])
 
-(skipped: the config classes exist from transformers 5.25 on.) What each adds beyond the readers of
+What each adds beyond the readers of
 `moelab.arch.shapes_families`:
     ergo          fused qkv projection, per-head q/k RMSNorm, head_dim = hidden / heads; sliding layers except every
                   `global_attention_every_n_layers`-th; relu^2 MLPs without a gate (dense MLP of the first
