@@ -143,6 +143,24 @@ def test_an_adapter_is_in_this_transformers_exactly_when_its_min_transformers_is
             assert (mt in CONFIG_MAPPING) == (installed >= Version(a.min_transformers)), (a.name, mt, installed)
 
 
+def test_kolibri1_1_is_traced_beside_a_weightless_indexer_and_a_layer_that_reads_another_layers_keys():
+    """The tiny Kolibri 1.1 has what its sweep row vouches for: an indexed layer (1) whose keys and values layer 3
+    reuses (no k/v projections), dense MLPs on layers 0-1; the record has its MoE layers 2 and 3 only, with parity."""
+    from moelab.arch import adapter_for
+    from moelab.arch.capabilities import _parity
+
+    _available("kolibri1_1")
+    model = build_tiny("kolibri1_1")
+    attn = [layer.self_attn for layer in model.model.layers]
+    assert attn[1].indexer is not None and attn[3].indexer is not None and attn[0].indexer is None
+    assert attn[3].is_kv_shared_layer and not hasattr(attn[3], "k_proj") and hasattr(attn[1], "k_proj")
+    ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    assert _parity(model, adapter_for(model), ids) == []
+    with moelab.trace(model) as tr, torch.no_grad():
+        model(ids)
+    assert tr.layer_ids.tolist() == [2, 3]
+
+
 def test_512_experts_and_top_16_trace_save_and_load_with_uint16_ids(tmp_path):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 

@@ -108,7 +108,8 @@ VARIANTS = {
     # layers 1 and 3 index (no reuse), layer 2's dense MLP only; 70 tokens stay inside the indexers' budget
     "kolibri1_1": dict(mlp_only_layers=[2], index_layers=[1, 3], kv_source_layers=[0, 1, 2, 3],
                        shared_expert_intermediate_size=48, tie_word_embeddings=True, sliding_window=16),
-    "minicpm5_moe": dict(attention_bias=True, n_shared_experts=2, mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
+    "minicpm5_moe": dict(attention_bias=True, n_shared_experts=2,
+                         mlp_layer_types=["sparse", "dense", "sparse", "dense"]),
     "param2moe": dict(attention_bias=True, use_qk_norm=False, n_shared_experts=1, first_k_dense_replace=2,
                       tie_word_embeddings=False),
 }

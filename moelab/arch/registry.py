@@ -154,8 +154,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     # Kolibri 1.1: Kolibri 1's router and experts; weightless sparse-attention indexers and KV sharing in attention
     A("kolibri1_1", ("kolibri1_1",), ("Kolibri1_1TopKRouter",), "num_experts", scoring="sigmoid",
       selection_bias=True, renormalised="norm_topk_prob", shared_attr="shared_expert_intermediate_size",
-      shared_is_width=True, shape=N.kolibri1_1_shape,
-      min_transformers="5.25"),
+      shared_is_width=True, shape=N.kolibri1_1_shape, min_transformers="5.25"),
     # MiniCPM5-MoE: DeepSeek-V3 routing (grouped, sigmoid + bias, routed scaling) with the logits in float32,
     # output-gated attention (a fused q + gate projection)
     A("minicpm5_moe", ("minicpm5_moe",), ("MiniCPM5MoeTopkRouter",), "n_routed_experts", shape=N.minicpm5_moe_shape,

@@ -59,10 +59,9 @@ OVERRIDES: dict[str, dict] = {
     "deepseek_v4": dict(mlp_layer_types=["hash_moe", "moe", "moe", "moe"]),
     "inkling_text": dict(swa_head_dim=16, sliding_window_size=32, rel_extent=32),
     "inkling2_text": dict(swa_head_dim=16, sliding_window_size=32, rel_extent=32, unpadded_vocab_size=128),
-    # transformers 5.25
-    "ergo": dict(first_dense_intermediate_size=64),
     "qwen4_exp_text": dict(indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=8,
                            indexer_compress_ratio=4, hc_lowrank=16),
+    "ergo": dict(first_dense_intermediate_size=64),   # transformers 5.25: the dense MLP of its first layer
 }
 
 
