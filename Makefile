@@ -3,7 +3,7 @@
 #   make test      install, then run the whole test suite (notebooks included) and the version checks
 #
 # Installs are pinned by requirements/lock.txt (the versions CI tested); `make lock` refreshes it.
-# `make test-latest` checks the tracer and store against the newest versions pyproject allows,
+# `make test-latest` checks the tracer, the store and the architecture sweep against the newest versions pyproject allows,
 # `make test-oldest` against the oldest transformers it allows; `make test` runs both.
 
 PYTHON ?= python3
@@ -54,7 +54,7 @@ test-latest:            # a new venv each time: pip then picks the newest releas
 	.venv-latest/bin/python -m pip install -q $(TORCH)
 	.venv-latest/bin/python -m pip install -q -e . pytest duckdb polars
 	.venv-latest/bin/python -c "import transformers, torch; print('newest allowed: transformers', transformers.__version__, 'torch', torch.__version__)"
-	.venv-latest/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
+	.venv-latest/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS) tests/test_arch_sweep.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_tracer.py --out bench/results/tracer_cpu.json

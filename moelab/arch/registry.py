@@ -85,7 +85,8 @@ ADAPTERS: tuple[Adapter, ...] = (
       shape=F.hy_v3_shape),
     # Kolibri: selects on logits + bias, then weights the chosen by sigmoid(logits) (moelab.arch.scores)
     A("kolibri1", ("kolibri1",), ("Kolibri1TopKRouter",), "num_experts", scoring="sigmoid", selection_bias=True,
-      renormalised="norm_topk_prob", shape=F.kolibri1_shape),
+      renormalised="norm_topk_prob", shared_attr="shared_expert_intermediate_size", shared_is_width=True,
+      shape=F.kolibri1_shape),
     A("laguna", ("laguna",), ("LagunaTopKRouter",), "num_experts", scoring="sigmoid", selection_bias=True,
       shape=F.laguna_shape),
     A("lara_mini", ("lara_mini",), ("LaraMiniTopKRouter",), "num_experts", renormalised="norm_topk_prob",
