@@ -29,7 +29,8 @@ How it works
 * Zeroed weights (ablate "zero", skip) still send the token through the expert with weight 0 in
   transformers' experts modules: the output is what the smaller routing gives, the wall time is not
   reduced. `effective_k()` counts experts with nonzero weight: what the routing implies for compute.
-* Only architectures in `ops.VERIFIED` accept operations; any other raises UnsupportedIntervention
+* Sigmoid routers (DeepSeek-V3 family) re-select with the router's own e_score_correction_bias,
+  read at every forward. Only architectures in `ops.VERIFIED` accept operations; any other raises UnsupportedIntervention
   naming the architecture and the operation (an empty block is allowed anywhere).
 
 See docs/interventions.md. Argument checks and per-layer plans: plan.py; references: ops.py.
@@ -95,6 +96,13 @@ class Intervention:
         else:  # an empty block changes nothing, on any architecture
             self.spec = ops.spec_from_config(adapter, model_config(model)) if arch in ops.VERIFIED else None
         self._by_layer = {r.layer: r for r in self.routers}
+        if asked and self.spec.selection_bias:
+            missing = [r for r in self.routers if not torch.is_tensor(getattr(r.module, "e_score_correction_bias", None))]
+            if missing:
+                raise ops.UnsupportedIntervention(
+                    f"{arch}: {' and '.join(asked)} needs the router's selection bias, but {missing[0].path} "
+                    f"({type(missing[0].module).__name__}) has no e_score_correction_bias; this transformers version "
+                    "routes differently from the one moelab verified")
         plans, self.trace = build_plans(self.spec, list(self._by_layer), kw) if asked else ({}, None)
         self.mode, self.replay_weights = kw.get("mode", "route"), kw.get("replay_weights", "recompute")
         if self.trace is not None:
@@ -123,7 +131,7 @@ class Intervention:
                 self._handles.append(_decoder_stack(self.model).register_forward_pre_hook(
                     self._pre_hook, with_kwargs=True, prepend=True))
             for i, plan in self.plans.items():
-                hook = (lambda p: lambda m, a, o: self._router_hook(p, o))(plan)
+                hook = (lambda p: lambda m, a, o: self._router_hook(p, o, m))(plan)
                 self._handles.append(self._by_layer[i].module.register_forward_hook(hook, prepend=True))
             for i, plan in self.plans.items():
                 held[i] = ", ".join(plan.what)
@@ -221,11 +229,12 @@ class Intervention:
         return torch.ones(n, dtype=torch.bool, device=device) if v is None else v.to(device)
 
     @torch.no_grad()
-    def _router_hook(self, plan: LayerPlan, output):
+    def _router_hook(self, plan: LayerPlan, output, module=None):
         logits, w, idx = output
         spec, fwd = self.spec, self._fwd
         if plan.reselect:
-            w, idx = ops.select(logits, spec, plan.k, shifted=plan.shifted)
+            sel = module.e_score_correction_bias if spec.selection_bias else None   # read each forward: live buffer
+            w, idx = ops.select(logits, spec, plan.k, shifted=plan.shifted, selection_bias=sel, dtype=w.dtype)
         if plan.replay:
             w, idx = self._apply_replay(plan, logits, w, idx, fwd)
         if plan.force is not None:
@@ -254,7 +263,8 @@ class Intervention:
         if self.replay_weights == "trace":
             r_w = torch.as_tensor(fwd["replay_w"][:, j].astype(np.float32), device=w.device).to(w.dtype)
         else:
-            r_w = ops.weights_for(logits if rows is None else logits[rows.to(logits.device)], r_idx, self.spec, "replay")
+            r_w = ops.weights_for(logits if rows is None else logits[rows.to(logits.device)], r_idx, self.spec, "replay",
+                                  dtype=w.dtype)
         if rows is None:
             return r_w.to(w.dtype).contiguous(), r_idx.contiguous()
         rows = rows.to(idx.device)
@@ -280,7 +290,7 @@ class Intervention:
             raise InterventionError(f"force experts has {ex.shape[0]} rows but layer {plan.layer} selects {n} tokens "
                                     "in this forward; give k' ids (broadcast) or one row per selected token")
         if f.weights is None:
-            fw = ops.weights_for(logits if rows is None else logits[rows], ex, self.spec, "force")
+            fw = ops.weights_for(logits if rows is None else logits[rows], ex, self.spec, "force", dtype=w.dtype)
         else:
             fw = f.weights.to(w.dtype)
             fw = fw.expand(n, -1) if fw.ndim == 1 else fw

@@ -13,9 +13,18 @@ order, same dtypes), so an unmodified recomputation is bitwise equal to what the
 * mixtral: softmax(logits.float()) -> top-k -> renormalise (always); weights stay fp32
 * qwen2_moe / qwen3_moe / olmoe: softmax(logits, dtype=float) -> top-k -> renormalise if
   `norm_topk_prob` -> cast to the logits dtype
+* qwen3_next / flex_olmo: the same router code as qwen3_moe (same rule)
 * phimoe: sparsemixer (Liu et al. 2024, arXiv:2409.12136), top-2 only, eval mode; its weights depend
   on its own choice, so operations that need "the weight the router would give expert e" raise
   `UnsupportedIntervention` naming the architecture and the operation.
+* deepseek_v3 / glm4_moe / dots1 (scoring "sigmoid"): fp32 logits -> sigmoid scores; the choice is
+  made on scores + e_score_correction_bias (the router's buffer, selection only), limited to the
+  `topk_group` best of `n_group` groups (group score: sum of its 2 highest), top-k unsorted; the
+  weights are the chosen *unbiased* scores, divided by (their sum + 1e-20) if `norm_topk_prob`,
+  times `routed_scaling_factor`; fp32. Dynamic skipping is refused there (no rank-0 reference).
+* gpt_oss / granitemoe (scoring "softmax_topk"): top-k of the raw logits, weights = softmax over
+  the k chosen logits (gpt_oss: in the logits' dtype; granitemoe: fp32 logits, weights cast to the
+  hidden dtype: `dtype=` gives the dtype the router returned).
 
     >>> import torch
     >>> spec = RouterSpec("mixtral", num_experts=4, top_k=2, renormalise=True, cast_weights=False)
@@ -49,11 +58,22 @@ class UnsupportedIntervention(InterventionError):
 # Architectures whose routers `select` reproduces bitwise (tests/test_intervene_ops.py) and whose
 # interventions are tested end to end (tests/test_intervene.py). Any other architecture an adapter
 # finds (moelab.adapters / moelab.arch) is refused, naming the architecture and the operation.
-VERIFIED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe")
+VERIFIED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "deepseek_v3", "glm4_moe", "dots1",
+            "gpt_oss", "qwen3_next", "flex_olmo", "granitemoe")
+
+# The batched studies (sweep.py's ablation_sweep, studies.py's bias_sweep) call `select` on stacked copies
+# without the router module (no selection bias) and rely on which tokens an ablation can change: verified on these.
+STUDY_VERIFIED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe")
+STUDIES = ("ablation_sweep", "bias_sweep")
 
 
 def check_verified(arch: str, operation: str) -> None:
     """Refuse `operation` on an architecture whose routing moelab has not verified."""
+    if operation in STUDIES and arch in VERIFIED and arch not in STUDY_VERIFIED:
+        raise UnsupportedIntervention(
+            f"{arch}: {operation} is not verified for this architecture: the batched study is verified on "
+            f"{', '.join(STUDY_VERIFIED)}; on {arch} run the same interventions one by one with "
+            "moelab.intervene / moelab.interventions.score")
     if arch not in VERIFIED:
         raise UnsupportedIntervention(
             f"{arch}: {operation} is not verified for this architecture: moelab intervenes only where it has "
@@ -70,6 +90,10 @@ class RouterSpec:
     cast_weights: bool        # weights cast back to the logits dtype (Qwen/OLMoE) or kept fp32 (Mixtral)
     sparsemixer: bool = False  # PhiMoE's sparsemixer instead of softmax -> top-k
     jitter_eps: float = 0.0   # sparsemixer's threshold parameter (config.router_jitter_noise)
+    scoring: str = "softmax"  # "softmax" (over all E) | "sigmoid" (DeepSeek-V3) | "softmax_topk" (GPT-OSS)
+    groups: tuple[int, int] | None = None  # sigmoid: (n_group, topk_group), group score = sum of its top-2
+    scaling: float = 1.0      # sigmoid: routed_scaling_factor, multiplies the weights
+    selection_bias: bool = False  # sigmoid: the router's e_score_correction_bias is added for selection only
 
     def unsupported(self, operation: str, why: str) -> UnsupportedIntervention:
         return UnsupportedIntervention(f"{self.arch}: {operation} cannot be expressed for this architecture: {why}")
@@ -78,11 +102,41 @@ class RouterSpec:
 def spec_from_config(adapter, config) -> RouterSpec:
     """The RouterSpec of an adapter (moelab.adapters) for a model config."""
     arch = adapter.name
+    if arch in _SIGMOID:
+        n, kept = getattr(config, "n_group", None), getattr(config, "topk_group", None)
+        return RouterSpec(
+            arch=arch, num_experts=adapter.num_experts(config), top_k=adapter.top_k(config),
+            renormalise=adapter.is_renormalised(config), cast_weights=False, scoring="sigmoid",
+            groups=(int(n), int(kept)) if n is not None and kept is not None else None,
+            scaling=float(config.routed_scaling_factor), selection_bias=True)
+    if arch in _SOFTMAX_TOPK:   # the weights always sum to 1 (softmax over the k chosen)
+        return RouterSpec(arch=arch, num_experts=adapter.num_experts(config), top_k=adapter.top_k(config),
+                          renormalise=True, cast_weights=True, scoring="softmax_topk")
     return RouterSpec(
         arch=arch, num_experts=adapter.num_experts(config), top_k=adapter.top_k(config),
         renormalise=adapter.is_renormalised(config), cast_weights=arch != "mixtral",
         sparsemixer=arch == "phimoe", jitter_eps=float(getattr(config, "router_jitter_noise", 0.0) or 0.0),
     )
+
+
+_SIGMOID = ("deepseek_v3", "glm4_moe", "dots1")       # DeepseekV3TopkRouter's forward, verbatim
+_SOFTMAX_TOPK = ("gpt_oss", "granitemoe")
+
+
+def group_capacity(spec: RouterSpec, blocked=()) -> int | None:
+    """The fewest experts a grouped router can still choose from, whichever groups it keeps (None: no groups).
+
+    Blocked experts score -inf for selection, so a group with fewer than 2 left scores -inf (its score
+    is the sum of its 2 best). 0 when fewer than `topk_group` groups keep 2 experts: the router would
+    then pick among -inf groups by tie order, which has no defined meaning, so `intervene` refuses it.
+    """
+    if spec.groups is None:
+        return None
+    n, kept = spec.groups
+    size = spec.num_experts // n
+    left = [size - sum(1 for e in set(blocked) if g * size <= e < (g + 1) * size) for g in range(n)]
+    finite = sorted(a for a in left if a >= 2)
+    return sum(finite[:kept]) if len(finite) >= kept else 0
 
 
 def check_expert(e, spec: RouterSpec, what: str) -> int:
@@ -104,6 +158,11 @@ def check_k(k, spec: RouterSpec, available: int | None = None) -> int:
                                 "ablate fewer experts or lower k")
     if spec.sparsemixer and k != 2:
         raise spec.unsupported(f"top_k={k}", "sparsemixer selects exactly 2 experts (top-2 only)")
+    cap = group_capacity(spec)
+    if cap is not None and k > cap:
+        n, kept = spec.groups
+        raise InterventionError(f"top_k={k}: the router keeps only topk_group={kept} of n_group={n} groups of "
+                                f"{spec.num_experts // n} experts, so it can choose at most {cap}; use k <= {cap}")
     return k
 
 
@@ -126,17 +185,23 @@ def shift(num_experts: int, bias=None, blocked=None, device=None) -> torch.Tenso
 
 
 def select(logits: torch.Tensor, spec: RouterSpec, k: int | None = None, *, bias: torch.Tensor | None = None,
-           blocked=None, shifted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           blocked=None, shifted: torch.Tensor | None = None, selection_bias: torch.Tensor | None = None,
+           dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The architecture's (weights, index) for `logits` (+ `bias`), top-`k`, never choosing `blocked`.
 
     Blocked experts get logit -inf before the softmax: the router picks the next best and the
     weights are whatever the architecture makes of the remaining logits (renormalised or not).
     `shifted`: a precomputed `shift(...)` vector (E,) or a per-token (tokens, E) one, instead of
-    bias / blocked.
+    bias / blocked. `selection_bias`: the router's (E,) e_score_correction_bias (sigmoid routers).
+    `dtype`: the dtype the router returned its weights in (default: the architecture's rule).
     """
     k = spec.top_k if k is None else k
     if shifted is None:
         shifted = shift(spec.num_experts, bias, blocked, logits.device)
+    if spec.scoring == "sigmoid":
+        return _select_sigmoid(logits, spec, k, shifted, selection_bias)
+    if spec.scoring == "softmax_topk":
+        return _select_softmax_topk(logits, k, shifted, dtype)
     if spec.sparsemixer:
         from transformers.models.phimoe.modeling_phimoe import sparsemixer
 
@@ -151,23 +216,73 @@ def select(logits: torch.Tensor, spec: RouterSpec, k: int | None = None, *, bias
         _renorm(top_v)
     if spec.cast_weights:
         top_v = top_v.to(logits.dtype)
-    return top_v, top_i
+    return (top_v if dtype is None else top_v.to(dtype)), top_i
 
 
-def weights_for(logits: torch.Tensor, index: torch.Tensor, spec: RouterSpec, operation: str = "force") -> torch.Tensor:
+def _select_sigmoid(logits, spec: RouterSpec, k: int, shifted, selection_bias):
+    """DeepseekV3TopkRouter.forward after its linear, op for op (so the unmodified result is bitwise equal)."""
+    router_logits = logits if shifted is None else logits + shifted.to(logits.device)   # (tokens, E) fp32
+    scores = router_logits.sigmoid()
+    scores_for_choice = scores if selection_bias is None else scores + selection_bias
+    if shifted is not None:  # a blocked expert is never chosen, whatever its selection bias
+        scores_for_choice = scores_for_choice.masked_fill(torch.isneginf(shifted).to(logits.device), float("-inf"))
+    E = spec.num_experts
+    if spec.groups is not None:
+        n, kept = spec.groups
+        group_scores = scores_for_choice.view(-1, n, E // n).topk(2, dim=-1)[0].sum(dim=-1)   # (tokens, n)
+        group_idx = torch.topk(group_scores, k=kept, dim=-1, sorted=False)[1]
+        group_mask = torch.zeros_like(group_scores)
+        group_mask.scatter_(1, group_idx, 1)
+        score_mask = group_mask.unsqueeze(-1).expand(-1, n, E // n).reshape(-1, E)
+        scores_for_choice = scores_for_choice.masked_fill(~score_mask.bool(), float("-inf"))
+    topk_indices = torch.topk(scores_for_choice, k=k, dim=-1, sorted=False)[1]   # (tokens, k), unsorted
+    return _sigmoid_weights(scores, topk_indices, spec), topk_indices
+
+
+def _sigmoid_weights(scores, index, spec: RouterSpec):
+    topk_weights = scores.gather(1, index)
+    if spec.renormalise:
+        denominator = topk_weights.sum(dim=-1, keepdim=True) + 1e-20
+        topk_weights /= denominator
+    return topk_weights * spec.scaling
+
+
+def _select_softmax_topk(logits, k: int, shifted, dtype):
+    """GptOssTopKRouter / GraniteMoeTopKRouter: top-k of the logits, softmax over the k chosen."""
+    if shifted is None:
+        top_v, top_i = torch.topk(logits, k, dim=-1)                      # (tokens, k), sorted
+    else:   # steered / blocked logits, rounded back to the logits' dtype as if the router had produced them
+        top_v, top_i = torch.topk(logits.float() + shifted.to(logits.device), k, dim=-1)
+        top_v = top_v.to(logits.dtype)
+    w = torch.nn.functional.softmax(top_v, dim=-1, dtype=top_v.dtype)
+    return (w if dtype is None else w.to(dtype)), top_i
+
+
+def weights_for(logits: torch.Tensor, index: torch.Tensor, spec: RouterSpec, operation: str = "force",
+                dtype: torch.dtype | None = None) -> torch.Tensor:
     """The weights the architecture gives the experts `index` (tokens, k) from `logits` (tokens, E).
 
     softmax over all E, gather, renormalise as the router does: for the router's own choice this
-    is bitwise what it returned.
+    is bitwise what it returned. Sigmoid routers: the chosen sigmoid scores (no selection bias),
+    renormalised if norm_topk_prob, times routed_scaling_factor. softmax_topk: softmax over the
+    chosen logits. `dtype`: the dtype the router returns its weights in (default: the rule's).
     """
     if spec.sparsemixer:
         raise spec.unsupported(f"{operation} without explicit weights",
                                "sparsemixer's weights depend on its own choice; pass weights= explicitly")
+    index = index.to(logits.device, torch.long)
+    if spec.scoring == "sigmoid":
+        return _sigmoid_weights(logits.sigmoid(), index, spec)
+    if spec.scoring == "softmax_topk":
+        v = logits.gather(-1, index)
+        w = torch.nn.functional.softmax(v, dim=-1, dtype=v.dtype)
+        return w if dtype is None else w.to(dtype)
     probs = torch.nn.functional.softmax(logits.float(), dim=-1)
-    v = probs.gather(-1, index.to(logits.device, torch.long))
+    v = probs.gather(-1, index)
     if spec.renormalise:
         _renorm(v)
-    return v.to(logits.dtype) if spec.cast_weights else v
+    v = v.to(logits.dtype) if spec.cast_weights else v
+    return v if dtype is None else v.to(dtype)
 
 
 def zero(weights: torch.Tensor, index: torch.Tensor, experts) -> torch.Tensor:
@@ -185,6 +300,11 @@ def skip(weights: torch.Tensor, index: torch.Tensor, beta: float, spec: RouterSp
     """
     if not 0.0 <= float(beta) <= 1.0:
         raise InterventionError(f"skip beta={beta!r}: beta is a ratio in [0, 1] (0 = never skip, 1 = always top-1)")
+    if spec.scoring == "sigmoid":
+        raise spec.unsupported(f"skip beta={beta}", "dynamic skipping compares each weight with the top-1 weight of a "
+                               "softmax router; this router returns independent sigmoid scores, unsorted (rank 0 is not "
+                               "the highest) and, with norm_topk_prob=False, not normalised, so the rule has no "
+                               "defined meaning here. Use top_k= or ablate= instead")
     if weights.shape[-1] < 2:
         return weights, torch.ones_like(weights, dtype=torch.bool)
     kept = torch.ones_like(weights, dtype=torch.bool)

@@ -116,7 +116,17 @@ def build_plans(spec: RouterSpec, router_layers: list[int], kw: dict):
         plans[i].what.append(f"top_k={k}")
     for p in plans.values():
         if p.blocked:
-            ops.check_k(p.k or spec.top_k, spec, E - len(p.blocked))
+            k = p.k or spec.top_k
+            ops.check_k(k, spec, E - len(p.blocked))
+            cap = ops.group_capacity(spec, p.blocked)
+            if cap is not None and k > cap:
+                n, kept = spec.groups
+                raise InterventionError(
+                    f"ablate={list(p.blocked)} at layer {p.layer} with top_k={k}: the router keeps topk_group={kept} of "
+                    f"n_group={n} groups, scored by their 2 best experts; with these experts gone "
+                    + ("fewer than that many groups keep 2 experts" if cap == 0 else
+                       f"the kept groups may hold only {cap} of the others")
+                    + "; ablate fewer experts per group or lower k")
     for i, beta in b.per_layer(kw.get("skip"), default, "skip", sequence_is_per_layer=True).items():
         ops.skip(torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long), beta, spec)  # validates beta
         plans[i].beta = float(beta)
