@@ -19,13 +19,16 @@ from transformers import AutoModelForCausalLM
 
 import moelab
 from moelab.adapters import find_routers
+from moelab.arch.registry import adapter_named
 from moelab.arch.tiny import tiny_config
 from moelab.interventions import Force, InterventionError, UnsupportedIntervention, intervene, ops
 from moelab.interventions.plan import build_plans
 
-SIGMOID = ["deepseek_v3", "glm4_moe", "dots1"]
-TOPK_SOFTMAX = ["gpt_oss", "granitemoe"]
-QWEN_LIKE = ["qwen3_next", "flex_olmo"]
+SIGMOID = ["deepseek_v3", "glm4_moe", "dots1",   # and the adapters whose router runs DeepseekV3TopkRouter's code
+           "mimo_v2_flash", "nemotron_h", "axk1", "sarvam_mla", "bailing_hybrid", "kimi_linear", "exaone_moe",
+           "glm4_moe_lite", "solar_open", "deepseek_v32", "glm_moe_dsa", "hy_v4", "dots3_note"]
+TOPK_SOFTMAX = ["gpt_oss", "granitemoe", "granitemoeshared", "granitemoehybrid", "granitemoe_swa"]
+QWEN_LIKE = ["qwen3_next", "flex_olmo", "lara_mini", "mellum"]
 ARCHS = SIGMOID + TOPK_SOFTMAX + QWEN_LIKE
 IMPLS = ["eager", "grouped_mm", "batched_mm"]
 _MODELS = {}
@@ -35,7 +38,7 @@ def build(arch):
     """A tiny random model whose routers are far from uniform, with a nonzero random selection bias."""
     if arch not in _MODELS:
         torch.manual_seed(0)
-        cfg = tiny_config(arch)
+        cfg = tiny_config(adapter_named(arch).model_types[0])
         if arch == "deepseek_v3":
             cfg.n_group, cfg.topk_group = 4, 2                  # 4 groups of 2, keep 2: the limit bites
         model = AutoModelForCausalLM.from_config(cfg).eval()

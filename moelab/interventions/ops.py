@@ -13,16 +13,17 @@ order, same dtypes), so an unmodified recomputation is bitwise equal to what the
 * mixtral: softmax(logits.float()) -> top-k -> renormalise (always); weights stay fp32
 * qwen2_moe / qwen3_moe / olmoe: softmax(logits, dtype=float) -> top-k -> renormalise if
   `norm_topk_prob` -> cast to the logits dtype
-* qwen3_next / flex_olmo: the same router code as qwen3_moe (same rule)
+* qwen3_next / flex_olmo / lara_mini / mellum: the same router code as qwen3_moe (same rule)
 * phimoe: sparsemixer (Liu et al. 2024, arXiv:2409.12136), top-2 only, eval mode; its weights depend
   on its own choice, so operations that need "the weight the router would give expert e" raise
   `UnsupportedIntervention` naming the architecture and the operation.
-* deepseek_v3 / glm4_moe / dots1 (scoring "sigmoid"): fp32 logits -> sigmoid scores; the choice is
+* deepseek_v3 / glm4_moe / dots1 and the 13 other adapters running DeepseekV3TopkRouter's code
+  (`_SIGMOID`; scoring "sigmoid"): fp32 logits -> sigmoid scores; the choice is
   made on scores + e_score_correction_bias (the router's buffer, selection only), limited to the
   `topk_group` best of `n_group` groups (group score: sum of its 2 highest), top-k unsorted; the
   weights are the chosen *unbiased* scores, divided by (their sum + 1e-20) if `norm_topk_prob`,
   times `routed_scaling_factor`; fp32. Dynamic skipping is refused there (no rank-0 reference).
-* gpt_oss / granitemoe (scoring "softmax_topk"): top-k of the raw logits, weights = softmax over
+* gpt_oss / granitemoe (+ granitemoeshared, granitemoehybrid, granitemoe_swa; scoring "softmax_topk"): top-k of the raw logits, weights = softmax over
   the k chosen logits (gpt_oss: in the logits' dtype; granitemoe: fp32 logits, weights cast to the
   hidden dtype: `dtype=` gives the dtype the router returned).
 
@@ -58,8 +59,14 @@ class UnsupportedIntervention(InterventionError):
 # Architectures whose routers `select` reproduces bitwise (tests/test_intervene_ops.py) and whose
 # interventions are tested end to end (tests/test_intervene.py). Any other architecture an adapter
 # finds (moelab.adapters / moelab.arch) is refused, naming the architecture and the operation.
-VERIFIED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "deepseek_v3", "glm4_moe", "dots1",
-            "gpt_oss", "qwen3_next", "flex_olmo", "granitemoe")
+VERIFIED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe",
+            # the qwen3_moe router, verbatim (softmax -> top-k -> norm_topk_prob -> logits dtype)
+            "qwen3_next", "flex_olmo", "lara_mini", "mellum",
+            # DeepseekV3TopkRouter's forward (_SIGMOID), and softmax over the k chosen logits (_SOFTMAX_TOPK)
+            "deepseek_v3", "glm4_moe", "dots1", "mimo_v2_flash", "nemotron_h", "axk1", "sarvam_mla", "bailing_hybrid",
+            "kimi_linear", "exaone_moe", "glm4_moe_lite", "solar_open", "deepseek_v32", "glm_moe_dsa", "hy_v4",
+            "dots3_note",
+            "gpt_oss", "granitemoe", "granitemoeshared", "granitemoehybrid", "granitemoe_swa")
 
 # The batched studies (sweep.py's ablation_sweep, studies.py's bias_sweep) call `select` on stacked copies
 # without the router module (no selection bias) and rely on which tokens an ablation can change: verified on these.
@@ -119,8 +126,11 @@ def spec_from_config(adapter, config) -> RouterSpec:
     )
 
 
-_SIGMOID = ("deepseek_v3", "glm4_moe", "dots1")       # DeepseekV3TopkRouter's forward, verbatim
-_SOFTMAX_TOPK = ("gpt_oss", "granitemoe")
+# DeepseekV3TopkRouter's forward, verbatim in transformers 5.24 (tests/test_intervene_arch.py checks each bitwise)
+_SIGMOID = ("deepseek_v3", "glm4_moe", "dots1", "mimo_v2_flash", "nemotron_h", "axk1", "sarvam_mla", "bailing_hybrid",
+            "kimi_linear", "exaone_moe", "glm4_moe_lite", "solar_open", "deepseek_v32", "glm_moe_dsa", "hy_v4",
+            "dots3_note")
+_SOFTMAX_TOPK = ("gpt_oss", "granitemoe", "granitemoeshared", "granitemoehybrid", "granitemoe_swa")
 
 
 def group_capacity(spec: RouterSpec, blocked=()) -> int | None:
