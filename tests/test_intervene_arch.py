@@ -321,3 +321,13 @@ def test_no_ops_stay_bitwise_in_bfloat16_where_logits_and_weights_dtypes_differ(
     got = experts_inputs(model, ids, top_k={layer: 1})[layer]
     base = experts_inputs(model, ids)[layer]
     assert got["weights"].dtype == base["weights"].dtype
+
+
+@pytest.mark.parametrize("arch", ["beam", "axk2", "deepseek_v2", "llama4"])
+def test_routers_with_other_code_are_refused_naming_the_architecture_and_operation(arch, ids):
+    model = build(arch)              # beam: sorted top-k, scaling after the experts; axk2: other groups -> 0.0
+    assert arch not in ops.VERIFIED
+    with pytest.raises(UnsupportedIntervention, match=rf"{arch}: top_k=1 is not verified for this architecture"):
+        intervene(model, top_k=1)
+    with intervene(model), torch.no_grad():                  # an empty block is allowed
+        model(ids)
