@@ -331,3 +331,14 @@ def test_routers_with_other_code_are_refused_naming_the_architecture_and_operati
         intervene(model, top_k=1)
     with intervene(model), torch.no_grad():                  # an empty block is allowed
         model(ids)
+
+
+def test_a_sigmoid_router_without_its_selection_bias_is_refused_naming_it():
+    import copy
+
+    model = copy.deepcopy(build("deepseek_v3"))
+    router = find_routers(model)[0]
+    del router.module._buffers["e_score_correction_bias"]    # a router that routes differently from the verified one
+    with pytest.raises(UnsupportedIntervention, match=rf"deepseek_v3: top_k=1 needs the router's selection bias, "
+                                                      rf"but {router.path} \(DeepseekV3TopkRouter\)"):
+        intervene(model, top_k=1)

@@ -30,7 +30,8 @@ How it works
   transformers' experts modules: the output is what the smaller routing gives, the wall time is not
   reduced. `effective_k()` counts experts with nonzero weight: what the routing implies for compute.
 * Sigmoid routers (DeepSeek-V3 family) re-select with the router's own e_score_correction_bias,
-  read at every forward. Only architectures in `ops.VERIFIED` accept operations; any other raises UnsupportedIntervention
+  read at every forward.
+* Only architectures in `ops.VERIFIED` accept operations; any other raises UnsupportedIntervention
   naming the architecture and the operation (an empty block is allowed anywhere).
 
 See docs/interventions.md. Argument checks and per-layer plans: plan.py; references: ops.py.
