@@ -38,10 +38,14 @@ class _Acc:
 
 
 class _Load(_Acc):
-    def __init__(self, src, first_only=False, *, by=None, per_batch=None):
+    """Per group: expert assignments (G, layers, E) over the first `ranks` ranks, and tokens (G,);
+    `pos` keeps only those layer positions (default all)."""
+
+    def __init__(self, src, first_only=False, *, by=None, per_batch=None, pos=None):
         super().__init__(src)
-        self.g, self.ranks = _Groups(by, per_batch), 1 if first_only else src.top_k
-        self.counts, self.tokens = np.zeros((0, self.L, self.E), np.int64), np.zeros(0, np.int64)
+        self.g, self.ranks, self.pos = _Groups(by, per_batch), 1 if first_only else src.top_k, pos
+        n = self.L if pos is None else len(pos)
+        self.counts, self.tokens = np.zeros((0, n, self.E), np.int64), np.zeros(0, np.int64)
 
     def columns(self):
         return self.g.column()
@@ -50,7 +54,7 @@ class _Load(_Acc):
         c = self.g.codes(ch, start)
         G = self.g.G
         self.counts, self.tokens = _grow(self.counts, G), _grow(self.tokens, G)
-        self.counts[:G] += assignment_counts(ch, c, G, self.ranks)
+        self.counts[:G] += assignment_counts(ch, c, G, self.ranks, self.pos)
         self.tokens[:G] += group_sizes(c, G)
 
     def result(self):

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ._common import assignment_counts, column, default_layers, group_sizes, layer_index
-from ._stream_counts import _Acc
+from ._stream_counts import _Acc, _Load
 from ._stream_state import _Groups, _Labels, _Pairs, _grow, _sorted
 
 _loc, _sp = (import_module(f"moelab.metrics.{m}") for m in ("locality", "specialization"))
@@ -86,31 +86,20 @@ def _layers_of(src, layers, default):
     return ids, layer_index(t, ids)
 
 
-class _Domain(_Acc):
-    """domain_distribution (kind="dist") and domain_specialization (kind="spec")."""
+class _Domain(_Load):
+    """domain_distribution (kind="dist") and domain_specialization (kind="spec"): the load accumulator on the
+    chosen layers, read out per domain."""
 
     def __init__(self, src, by="domain", layers=None, *, first_only=False, kind="dist"):
-        super().__init__(src)
-        self.kind, self.g = kind, _Groups(by)
-        self.ids, self.pos = _layers_of(src, layers, default=kind == "dist")
-        self.kk = 1 if first_only else src.top_k
-        self.counts, self.sizes = np.zeros((0, len(self.ids), self.E), np.int64), np.zeros(0, np.int64)
-
-    def columns(self):
-        return self.g.column()
-
-    def update(self, ch, start):
-        c = self.g.codes(ch, start)
-        G = self.g.G
-        self.counts, self.sizes = _grow(self.counts, G), _grow(self.sizes, G)
-        self.counts[:G] += assignment_counts(ch, c, G, self.kk, self.pos)
-        self.sizes[:G] += group_sizes(c, G)
+        ids, pos = _layers_of(src, layers, default=kind == "dist")
+        super().__init__(src, first_only, by=by, pos=pos)
+        self.kind, self.ids = kind, ids
 
     def result(self):
-        (counts, sizes), labels, name = self.g.finish(self.counts, self.sizes)
+        (counts, sizes), labels, name = self.g.finish(self.counts, self.tokens)
         if self.kind == "dist":
             return _sp._dist_frame(counts, labels, name, self.ids, self.E)
-        return _sp._spec_frame(counts, sizes, labels, name, self.ids, self.E, self.kk)
+        return _sp._spec_frame(counts, sizes, labels, name, self.ids, self.E, self.ranks)
 
 
 class _Vocab(_Acc):
