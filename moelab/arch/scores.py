@@ -160,14 +160,11 @@ RULES = {
     "cohere2_moe": _cohere2,
     "kolibri1": lambda a, c: SelectionRule("logits", bias=True,
                                            note="the sigmoid is taken after the choice, on the k chosen logits"),
-    "afmoe": lambda a, c: SelectionRule("sigmoid", bias=True),
     "lfm2_moe": _lfm2,
-    "ernie4_5_moe": lambda a, c: SelectionRule("softmax", bias=True),
     "deepseek_v2": _deepseek_v2,
     "laguna": lambda a, c: SelectionRule("sigmoid", bias=True, note=(
         "logits as the router returns them: tanh-softcapped when config.moe_router_logit_softcapping > 0 "
         f"(here {_cfg(c, 'moe_router_logit_softcapping', 0.0)})")),
-    "minimax_m3_vl": lambda a, c: SelectionRule("sigmoid", bias=True),
     "dbrx": lambda a, c: SelectionRule("softmax", in_logits_dtype=True, note=(
         "softmax in the logits' dtype (DbrxFFN.route_tokens_to_experts); in training mode the router's input is "
         "first multiplied by uniform jitter (config.moe_jitter_eps), which the recorded logits include")),
