@@ -152,19 +152,14 @@ class ModelShape:
     #                              off the top-k (llama4); counted only by forward_flops(as_transformers=True)
     moe_norms: int = 0  # extra H-wide norms per MoE layer (axk1's post_mlp_layernorm on the MoE output)
     moe_latent: int = 0  # experts work in this width: Linear(H, latent) before, Linear(latent, H) after (nemotron_h)
-    # on the residual stream, outside the token mixers and MLPs (moelab.arch.shapes_linear), whole model:
-    residual_weights: int = 0  # per-token matmul weights: axk2's gated norms (H -> r -> H each), deepseek_v4's
-    #                            hyper-connection mixing (counted as params too, under "norms")
-    residual_params: int = 0  # further parameters there without a per-token matmul (hyper-connection bases, scales)
-    residual_mix: int = 0  # per token, whole model: multiply-adds of residual-stream matmuls without weights
-    #                        (deepseek_v4: comb^T @ the hc_mult streams, hc_mult^2 H per hyper-connection)
-    # the families of moelab.arch.shapes_extra
+    # parts outside the token mixers and MLPs (moelab.arch.shapes_extra, moelab.arch.shapes_linear)
     mlp_widths: tuple[int, ...] = ()  # per layer: width of its dense MLP (0 = none), counted on MoE layers too (gemma4
     #                                   runs a dense MLP beside the MoE block; KV-shared layers may be double-wide);
     #                                   () = `dense_intermediate` on the dense layers
     extra_params: int = 0  # parameters outside the components above (gemma4's per-layer input embeddings and their
-    #                        projections; hyper-connection mixers), ParamCount.other; all active
-    extra_weights: int = 0  # per-token matmul weights of those parts (FLOPs 2 * extra_weights per token)
+    #                        projections; hyper-connections; axk2's gated norms), ParamCount.other; all active
+    extra_weights: int = 0  # per-token multiply-adds of those parts, whole model (FLOPs 2 * extra_weights per
+    #                         token; weight-free mixes such as deepseek_v4's comb^T @ streams count here too)
     extra_convs: tuple[tuple[int, int], ...] = ()  # (channels, kernel) of depthwise causal convs outside the mixers
     #                                                (inkling's short convs on k, v and the residual branches); FLOPs
     #                                                by moelab.compute.flops.conv_flops, parameters in extra_params

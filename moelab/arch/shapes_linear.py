@@ -14,9 +14,9 @@ What the readers add to `ModelShape` / `Mixer` (each field documented in moelab.
     Mixer.weights / params on attention    the whole block's closed form (deepseek_v4's grouped o_a/o_b, compressors)
     Mixer.compress                         deepseek_v4's keys: a truncated sliding cache + compressed entries, and
                                            the CSA indexer's scores (moelab.compute.flops.compressed_attention_keys)
-    ModelShape.residual_weights / _params / _mix   matmuls and parameters on the residual stream outside mixers and
-                                           MLPs (axk2's gated norms, deepseek_v4's hyper-connections); counted under
-                                           ParamCount.norms and FlopBreakdown.residual
+    ModelShape.extra_weights / _params     matmuls and parameters on the residual stream outside mixers and MLPs
+                                           (axk2's gated norms, deepseek_v4's hyper-connections); ParamCount.other and
+                                           FlopBreakdown.other
 
 KDA (Kimi Linear, arXiv:2510.26692) is gated DeltaNet with a per-channel decay: q, k, v projections
 (heads x head_dim each) through one depthwise causal conv1d, a forget gate g of the full q width, a per-head
@@ -101,7 +101,7 @@ def axk2_shape(c, common: dict) -> ModelShape:
                 expert_width=c.moe_intermediate_size, moe_layer=moe, dense=c.intermediate_size,
                 shared=c.moe_intermediate_size * ns, num_shared=ns, mla=attention.mla, q_bias=attention.q_bias,
                 k_bias=attention.k_bias, o_bias=attention.o_bias, mixers=(attention,) * L,
-                residual_weights=(L + sum(moe)) * 2 * H * r)
+                extra_weights=(L + sum(moe)) * 2 * H * r, extra_params=(L + sum(moe)) * 2 * H * r)  # gated norms
 
 
 def deepseek_v4_attention(c, layer_type: str) -> Mixer:
@@ -146,5 +146,7 @@ def deepseek_v4_shape(c, common: dict) -> ModelShape:
     return _moe(c, common, experts=c.n_routed_experts, top_k=c.num_experts_per_tok,
                 expert_width=c.moe_intermediate_size, moe_layer=[True] * L, shared=c.moe_intermediate_size,
                 num_shared=1, shared_bias=mb, mixers=tuple(deepseek_v4_attention(c, t) for t in c.layer_types[:L]),
-                residual_weights=L * 2 * (2 + N) * N * N * H + N * N * H,
-                residual_params=L * 2 * ((2 + N) * N + 3) + N + 1, residual_mix=L * 2 * N * N * H)
+                # hyper-connections: the fn projections (params and per-token weights), bases and scales (params
+                # only), and the weight-free comb^T @ streams mix (multiply-adds only)
+                extra_weights=L * 2 * (2 + N) * N * N * H + N * N * H + L * 2 * N * N * H,
+                extra_params=L * 2 * (2 + N) * N * N * H + N * N * H + L * 2 * ((2 + N) * N + 3) + N + 1)

@@ -16,7 +16,6 @@ Per token and layer, with H hidden, h query heads of width d, g KV heads, I_e ex
     shared_experts     2 * 3 * H * I_s + 2 * H              (qwen2_moe)
     dense_mlp          2 * 3 * H * I                        (dense layers; 2 * 2 * H * I for relu^2 MLPs)
     mixer              hybrid layers: 2 * projection weights + `conv_flops` + `scan_flops`
-    residual           2 * (residual_weights + residual_mix): axk2's gated norms, deepseek_v4's hyper-connections
 and once per token that produces logits: head = 2 * H * V.
 Per-layer differences (output gates, per-layer heads or KV heads, sinks, MLA, a sparse-attention
 indexer, KV sharing) come from the layer's `Mixer` (moelab.arch.shapes). Parts outside these
@@ -68,10 +67,8 @@ class FlopBreakdown:
     shared_experts: float = 0.0
     dense_mlp: float = 0.0
     head: float = 0.0
-    residual: float = 0.0  # matmuls on the residual stream outside mixers and MLPs (axk2 gated norms, deepseek_v4
-    #                        hyper-connections: ModelShape.residual_weights and residual_mix)
     other: float = 0.0  # ModelShape.extra_weights and extra_convs (gemma4 per-layer input projections,
-    #                     hyper-connection mixing, inkling short convs)
+    #                     hyper-connections, axk2 gated norms, inkling short convs)
 
     @property
     def total(self) -> float:
@@ -289,7 +286,6 @@ def forward_flops(
         shared_experts=(2.0 * g * H * s.shared_intermediate + 2.0 * H * s.shared_gate) * T * n_moe,
         dense_mlp=2.0 * g * H * (sum(s.mlp_widths) if s.mlp_widths else s.dense_intermediate * n_dense) * T,
         head=2.0 * H * s.vocab * n_logits,
-        residual=2.0 * (s.residual_weights + s.residual_mix) * T,
         other=2.0 * s.extra_weights * T + sum(conv_flops(cv, batch, seq_len, past) for cv in s.extra_convs),
     )
 

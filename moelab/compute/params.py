@@ -47,7 +47,7 @@ class ParamCount:
     experts: Count  # routed experts: E x 3 x H x I_e per MoE layer; active k/E of it (+ latent projections, fully)
     shared_experts: Count  # always-on shared expert + its gate (qwen2_moe)
     dense_mlp: Count  # SwiGLU MLP of dense layers (all layers of a dense model)
-    norms: Count  # pre-attention, pre-MLP and final norms (+ gated norms' gates, hyper-connections: residual_*)
+    norms: Count  # pre-attention, pre-MLP and final norms
     head: Count  # lm_head (0 when tied to the embeddings)
     other: Count = Count(0, 0)  # ModelShape.extra_params: gemma4 per-layer input embeddings, hyper-connection mixers
 
@@ -174,7 +174,7 @@ def count_params(config) -> ParamCount:
     dense = n_dense * _swiglu(H, s.dense_intermediate, s.mlp_bias, s.glu)
     if s.mlp_widths:  # per-layer widths, MoE layers included (gemma4)
         dense = sum(_swiglu(H, w, s.mlp_bias, s.glu) for w in s.mlp_widths if w)
-    norms = (s.layer_norms * L + 1 + s.moe_norms * n_moe) * norm + s.residual_weights + s.residual_params
+    norms = (s.layer_norms * L + 1 + s.moe_norms * n_moe) * norm
     head = (0 if s.tied else V * H) + (V if s.lm_head_bias else 0)
 
     full = lambda n: Count(n, n)  # noqa: E731
